@@ -1,0 +1,176 @@
+"""Builds the blacksheep application: lifespan resources, routes, the one error handler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import valkey.asyncio as avalkey
+from blacksheep import Application, Content, Request, Response
+
+from gateway import errors, wire
+from gateway.auth import Authenticator
+from gateway.catalog import load_catalog
+from gateway.clock import make_clock
+from gateway.config import Settings
+from gateway.limits import CreditLimiter, LimiterSettings
+from gateway.observability import Metrics, configure_logging
+from gateway.pipeline import Pipeline, new_request_id
+from gateway.proxy import Upstream
+from gateway.routes import AnthropicRoutes, json_response
+from gateway.scripts import Scripts
+
+log = logging.getLogger("antex.app")
+
+_OPENAI_PATHS = ("/v1/chat/", "/v1/responses")
+
+
+def _is_openai(request: Request) -> bool:
+    return request.path.startswith(_OPENAI_PATHS)
+
+
+def error_response(request: Request, exc: errors.AntexError) -> Response:
+    """The single mapping from a domain error to the route's wire shape."""
+    request_id = new_request_id()
+    status = wire.status_of(exc)
+    headers = wire.headers_of(exc, request_id)
+    body = wire.openai_body(exc) if _is_openai(request) else wire.anthropic_body(exc, request_id)
+    return Response(status, headers, Content(b"application/json", body))
+
+
+class Resources:
+    """Everything one worker opens at start-up and closes at shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.valkey = avalkey.Valkey.from_url(
+            settings.valkey_url or "", max_connections=512, health_check_interval=30
+        )
+        self.scripts = Scripts()
+        self.upstream = Upstream(settings)
+        self.catalog = load_catalog(settings.models_file)
+        self.metrics = Metrics()
+        self.limiter = CreditLimiter(
+            self.valkey, self.scripts, make_clock(settings.clock_file), LimiterSettings()
+        )
+        self.auth = Authenticator(
+            self.valkey,
+            ttl=settings.auth_cache_ttl,
+            size=settings.auth_cache_size,
+            on_bad_secret=self._bad_secret,
+        )
+        self.pipeline = Pipeline(settings, self.auth, self.limiter, self.catalog, self.metrics)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False
+
+    async def _bad_secret(self, account_id: str, key_id: str, ip_tag: str) -> None:
+        await self.limiter.record_key_failure(account_id=account_id, key_id=key_id, ip_tag=ip_tag)
+
+    async def start(self) -> None:
+        try:
+            await self.scripts.load(self.valkey)
+        except errors.ServiceUnavailable:
+            log.error("valkey unreachable at start-up; /readyz will report not ready")
+        else:
+            self.ready = True
+        await self.upstream.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._listen()))
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                await self.auth.listen_for_invalidations(self.valkey)
+            except (OSError, avalkey.ValkeyError):
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pipeline.drain()
+        await self.upstream.close()
+        self.auth.close()
+        await self.valkey.aclose()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def handler(method: Handler) -> Handler:
+    """Blacksheep marks handler functions with attributes, which bound methods refuse."""
+
+    async def call(request: Request) -> Response:
+        return await method(request)
+
+    return call
+
+
+def create_app(settings: Settings) -> Application:
+    app = Application(show_error_details=False)
+    res = Resources(settings)
+    app.services.register(Resources, instance=res)
+    anthropic = AnthropicRoutes(res.pipeline, res.upstream, res.valkey)
+
+    async def on_start(_: Application) -> None:
+        await res.start()
+
+    async def on_stop(_: Application) -> None:
+        await res.stop()
+
+    app.on_start += on_start
+    app.on_stop += on_stop
+
+    async def handle_domain_error(
+        _: Application, request: Request, exc: errors.AntexError
+    ) -> Response:
+        return error_response(request, exc)
+
+    app.exceptions_handlers[errors.AntexError] = handle_domain_error
+
+    async def root(request: Request) -> Response:
+        return Response(200, [], Content(b"text/plain", b"Antex gateway\n"))
+
+    async def healthz(request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await res.valkey.ping()
+            if not res.ready:
+                await res.scripts.load(res.valkey)
+                res.ready = True
+        except (OSError, avalkey.ValkeyError, errors.ServiceUnavailable):
+            return json_response(503, {"status": "valkey unreachable"})
+        return json_response(200, {"status": "ready"})
+
+    async def not_found(request: Request) -> Response:
+        return error_response(
+            request, errors.NotFound(f"Not found: {request.method} {request.path}")
+        )
+
+    async def get_model(request: Request, model_id: str) -> Response:
+        return await anthropic.get_model(request, model_id)
+
+    router = app.router
+    router.add_get("/", root)
+    router.add_head("/", root)
+    router.add_get("/healthz", healthz)
+    router.add_get("/readyz", readyz)
+    router.add_post("/v1/messages", handler(anthropic.messages))
+    router.add_post("/v1/messages/count_tokens", handler(anthropic.count_tokens))
+    router.add_get("/v1/models", handler(anthropic.list_models))
+    router.add_get("/v1/models/:model_id", get_model)
+    router.add_get("/v1/usage", handler(anthropic.usage))
+    router.add_get("/api/oauth/usage", handler(anthropic.usage))
+    router.fallback = not_found
+    return app
+
+
+def app_from_env() -> Any:
+    """The granian factory target: each worker builds its app from the environment."""
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,131 @@
+"""Settings from ``ANTEX_*`` environment variables, read once into a frozen value.
+
+Nothing reads ``os.environ`` at import time; every bad value raises ``ConfigError`` naming
+the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    raw = env.get(name, "")
+    try:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False) for p in raw.split(",") if p.strip()
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, default) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    data_dir: Path = Path("var")
+    valkey_url: str | None = None
+    upstream_url: str = "https://api.anthropic.com"
+    upstream_key: str | None = None
+    upstream_connect_timeout: float = 10.0
+    # Idle time allowed between two upstream chunks; no total timeout (streams run minutes).
+    upstream_read_timeout: float = 300.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_tokens_limit: int = 64_000
+    bcrypt_rounds: int = 10
+    auth_cache_ttl: float = 300.0
+    auth_cache_size: int = 100_000
+    trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
+    models_file: Path | None = None
+    default_plan: str = "pro"
+    log_level: str = "info"
+    log_format: str = "text"
+    # Test hook: a file holding a millisecond offset added to the wall clock.
+    clock_file: Path | None = None
+    reserve_output_cap: int = 8192
+    simulator_port: int = 8090
+    public_url: str | None = None
+    smtp_url: str | None = None
+    smtp_sender: str = "antex@localhost"
+    plans_page_text: str = "Ask your operator to change plans or add IP slots."
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        models_file = e.get("ANTEX_MODELS_FILE")
+        clock_file = e.get("ANTEX_CLOCK_FILE")
+        return cls(
+            host=e.get("ANTEX_HOST", "127.0.0.1") or "127.0.0.1",
+            port=_int(e, "ANTEX_PORT", 8080, 1),
+            workers=_int(e, "ANTEX_WORKERS", os.cpu_count() or 1, 1),
+            data_dir=Path(e.get("ANTEX_DATA_DIR", "var") or "var"),
+            valkey_url=e.get("ANTEX_VALKEY_URL") or None,
+            upstream_url=(e.get("ANTEX_UPSTREAM_URL") or "https://api.anthropic.com").rstrip("/"),
+            upstream_key=e.get("ANTEX_UPSTREAM_KEY") or None,
+            upstream_connect_timeout=_float(e, "ANTEX_UPSTREAM_CONNECT_TIMEOUT", 10.0),
+            upstream_read_timeout=_float(e, "ANTEX_UPSTREAM_READ_TIMEOUT", 300.0),
+            max_body_bytes=_int(e, "ANTEX_MAX_BODY_BYTES", 2 * 1024 * 1024, 1),
+            max_tokens_limit=_int(e, "ANTEX_MAX_TOKENS", 64_000, 1),
+            bcrypt_rounds=_int(e, "ANTEX_BCRYPT_ROUNDS", 10, 4),
+            auth_cache_ttl=_float(e, "ANTEX_AUTH_CACHE_TTL", 300.0),
+            auth_cache_size=_int(e, "ANTEX_AUTH_CACHE_SIZE", 100_000, 1),
+            trusted_proxies=_networks(e, "ANTEX_TRUSTED_PROXIES"),
+            models_file=Path(models_file) if models_file else None,
+            default_plan=e.get("ANTEX_DEFAULT_PLAN", "pro") or "pro",
+            log_level=_choice(e, "ANTEX_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=_choice(e, "ANTEX_LOG_FORMAT", "text", ("text", "json")),
+            clock_file=Path(clock_file) if clock_file else None,
+            reserve_output_cap=_int(e, "ANTEX_RESERVE_OUTPUT_TOKENS", 8192, 0),
+            simulator_port=_int(e, "ANTEX_SIMULATOR_PORT", 8090, 0),
+            public_url=(e.get("ANTEX_PUBLIC_URL") or "").rstrip("/") or None,
+            smtp_url=e.get("ANTEX_SMTP_URL") or None,
+            smtp_sender=e.get("ANTEX_SMTP_SENDER", "antex@localhost") or "antex@localhost",
+            plans_page_text=e.get("ANTEX_PLANS_TEXT")
+            or "Ask your operator to change plans or add IP slots.",
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

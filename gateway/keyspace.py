@@ -1,0 +1,111 @@
+"""Valkey key names. Everything of one account shares the hash tag ``{a:<account_id>}``.
+
+Lua scripts only ever touch one account's keys, so they run unchanged on Valkey Cluster.
+The few global keys (email and key-id indexes, the plan catalog) are read outside Lua.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "antex"
+
+# Global, untagged: looked up on cold paths only (auth cache miss, admin operations).
+EMAIL_INDEX = f"{PREFIX}:email:"  # + email -> account id
+KEY_INDEX = f"{PREFIX}:keyidx:"  # + key id -> account id
+ACCOUNTS = f"{PREFIX}:accounts"  # set of account ids
+PLANS = f"{PREFIX}:plans"  # hash plan name -> plan JSON
+ADMIN_TOKENS = f"{PREFIX}:admintokens"  # hash token digest -> JSON metadata
+QUARANTINE_INDEX = f"{PREFIX}:quarantined"  # zset "<account>:<key>" -> quarantined at ms
+INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"  # pub/sub: key ids whose cached auth must drop
+
+
+def email_key(email: str) -> str:
+    return EMAIL_INDEX + email.strip().lower()
+
+
+def key_index(key_id: str) -> str:
+    return KEY_INDEX + key_id
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """The keys of one account; build once per account id and reuse."""
+
+    account_id: str
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{a:{self.account_id}}}"
+
+    @property
+    def account(self) -> str:
+        """Hash: email, plan, limit_5h, limit_7d (milli-credits), ip_slots, concurrency,
+        period_end_ms, status, extra_ip_slots, created_ms."""
+        return f"{self.tag}:acct"
+
+    @property
+    def keys(self) -> str:
+        """Set of the account's key ids."""
+        return f"{self.tag}:keys"
+
+    def key(self, key_id: str) -> str:
+        """Hash: hash (bcrypt), name, prefix, created_ms, last_used_ms, status
+        (active|revoked|quarantined), quarantine_reason, extra_ip_slots."""
+        return f"{self.tag}:key:{key_id}"
+
+    def key_ips(self, key_id: str) -> str:
+        """Hash: bound ip tag -> bound at ms."""
+        return f"{self.tag}:ips:{key_id}"
+
+    def key_denied(self, key_id: str) -> str:
+        """Zset: ip tag refused for lack of a slot -> last refusal ms (leak signal)."""
+        return f"{self.tag}:denied:{key_id}"
+
+    def key_failures(self, key_id: str) -> str:
+        """Zset: failed-secret attempt id -> ms (brute-force signal)."""
+        return f"{self.tag}:fail:{key_id}"
+
+    @property
+    def window_5h(self) -> str:
+        """Zset: bucket start ms -> bucket start ms (ordering of the 5-hour buckets)."""
+        return f"{self.tag}:w5"
+
+    @property
+    def window_5h_amounts(self) -> str:
+        """Hash: bucket start ms -> milli-credits; field ``total`` holds the running sum."""
+        return f"{self.tag}:w5:amt"
+
+    @property
+    def window_7d(self) -> str:
+        return f"{self.tag}:w7"
+
+    @property
+    def window_7d_amounts(self) -> str:
+        return f"{self.tag}:w7:amt"
+
+    @property
+    def inflight(self) -> str:
+        """Zset: request id -> reservation expiry ms."""
+        return f"{self.tag}:inflight"
+
+    @property
+    def reserved(self) -> str:
+        """Hash: request id -> reserved milli-credits; field ``total`` holds the sum."""
+        return f"{self.tag}:reserved"
+
+    @property
+    def log(self) -> str:
+        """Stream, capped: per-request usage metadata (never content)."""
+        return f"{self.tag}:log"
+
+    @property
+    def events(self) -> str:
+        """Stream, capped: quarantine and security events (time, reason, IPs)."""
+        return f"{self.tag}:events"
+
+    @property
+    def daily(self) -> str:
+        """Hash: "<yyyymmddhh>:<model>:<field>" -> count, for dashboard charts (7-day TTL'd
+        by pruning in settle)."""
+        return f"{self.tag}:hourly"

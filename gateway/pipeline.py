@@ -1,0 +1,250 @@
+"""The steps every billed request goes through, whatever its wire format.
+
+authenticate (cache) → read the body (2 MB cap) → validate → admit (one Valkey call) →
+upstream → settle (one Valkey call, in the background). Only metadata leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from blacksheep import Request
+from blacksheep.contents import ASGIContent
+
+from gateway import errors, netaddr
+from gateway.auth import AuthedKey, Authenticator
+from gateway.catalog import Catalog, ModelInfo
+from gateway.config import Settings
+from gateway.limits import CreditLimiter
+from gateway.observability import Metrics, access_log
+from gateway.usage import Usage, cost_mc, estimate_mc
+
+log = logging.getLogger("antex.pipeline")
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def asgi_content(request: Request) -> ASGIContent:
+    content = request.content
+    assert isinstance(content, ASGIContent), "requests are served over ASGI"
+    return content
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.get_first_header(b"x-api-key")
+    if key:
+        return key.decode("latin-1").strip()
+    auth = request.get_first_header(b"authorization")
+    if auth and auth[:7].lower() == b"bearer ":
+        return auth[7:].decode("latin-1").strip()
+    return None
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted request, from admission to settlement."""
+
+    request_id: str
+    route: str
+    authed: AuthedKey
+    ip_tag: str
+    model: ModelInfo
+    payload: dict[str, Any]
+    body: bytes
+    stream: bool
+    estimate_mc: int
+    started: float = field(default_factory=time.perf_counter)
+    ttfb: float | None = None
+
+    def first_byte(self) -> None:
+        if self.ttfb is None:
+            self.ttfb = time.perf_counter() - self.started
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        authenticator: Authenticator,
+        limiter: CreditLimiter,
+        catalog: Catalog,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.auth = authenticator
+        self.limiter = limiter
+        self.catalog = catalog
+        self.metrics = metrics
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def client_tag(self, request: Request) -> str:
+        scope = request.scope
+        peer = scope.get("client")
+        trusted = self.settings.trusted_proxies
+        if not trusted:
+            return netaddr.ip_tag(netaddr.client_ip(peer[0] if peer else None, ()))
+        xff = request.get_first_header(b"x-forwarded-for")
+        fwd = request.get_first_header(b"forwarded")
+        addr = netaddr.client_ip(
+            peer[0] if peer else None,
+            trusted,
+            xff.decode("latin-1") if xff else None,
+            fwd.decode("latin-1") if fwd else None,
+        )
+        return netaddr.ip_tag(addr)
+
+    async def authenticate(self, request: Request) -> tuple[AuthedKey, str]:
+        ip_tag = self.client_tag(request)
+        return await self.auth.authenticate(presented_key(request), ip_tag), ip_tag
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = errors.PayloadTooLarge(
+            f"Request body exceeds the {limit // (1024 * 1024)} MB limit."
+        )
+        declared = request.get_first_header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in asgi_content(request).stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large  # chunked bodies have no length: stop reading at the cap
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise errors.InvalidRequest("Request body is not valid JSON.") from None
+        if not isinstance(payload, dict):
+            raise errors.InvalidRequest("Request body must be a JSON object.")
+        return payload
+
+    def check_messages(self, payload: dict[str, Any]) -> tuple[ModelInfo, int]:
+        """Validates an Anthropic Messages payload; returns its model and max_tokens."""
+        model_id = payload.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise errors.InvalidRequest("model: field required", param="model")
+        max_tokens = payload.get("max_tokens", 4096)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise errors.InvalidRequest(
+                "max_tokens: must be a positive integer", param="max_tokens"
+            )
+        if max_tokens > self.settings.max_tokens_limit:
+            raise errors.MaxTokensTooLarge(
+                f"max_tokens: {max_tokens} exceeds the limit of "
+                f"{self.settings.max_tokens_limit:,}.",
+                param="max_tokens",
+            )
+        return self.model_info(model_id), max_tokens
+
+    def model_info(self, model_id: str) -> ModelInfo:
+        info = self.catalog.lookup(model_id)
+        if info is None:
+            raise errors.NotFound(f"model: {model_id}", param="model")
+        return info
+
+    async def admit(
+        self,
+        *,
+        route: str,
+        authed: AuthedKey,
+        ip_tag: str,
+        model: ModelInfo,
+        payload: dict[str, Any],
+        body: bytes,
+        max_tokens: int,
+    ) -> Ticket:
+        request_id = new_request_id()
+        estimate = estimate_mc(len(body), max_tokens, model.rates, self.settings.reserve_output_cap)
+        try:
+            await self.limiter.admit(
+                account_id=authed.account_id,
+                key_id=authed.key_id,
+                ip_tag=ip_tag,
+                request_id=request_id,
+                estimate_mc=estimate,
+            )
+        except errors.RateLimited as exc:
+            self.metrics.window_refused(exc.scope)
+            raise
+        return Ticket(
+            request_id=request_id,
+            route=route,
+            authed=authed,
+            ip_tag=ip_tag,
+            model=model,
+            payload=payload,
+            body=body,
+            stream=bool(payload.get("stream")),
+            estimate_mc=estimate,
+        )
+
+    async def check_only(self, authed: AuthedKey, ip_tag: str) -> None:
+        """Key, plan and IP checks without a reservation (unbilled routes)."""
+        await self.limiter.admit(
+            account_id=authed.account_id,
+            key_id=authed.key_id,
+            ip_tag=ip_tag,
+            request_id=new_request_id(),
+            estimate_mc=0,
+            check_only=True,
+        )
+
+    def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
+        """Bills what the upstream reported and records metadata; never blocks the response."""
+        billed = Usage.from_anthropic(usage)
+        cost = cost_mc(billed, ticket.model.rates)
+        latency_ms = int((time.perf_counter() - ticket.started) * 1000)
+        ttfb_ms = int(ticket.ttfb * 1000) if ticket.ttfb is not None else latency_ms
+        record = {
+            "model": ticket.model.id,
+            "route": ticket.route,
+            "key_id": ticket.authed.key_id,
+            "status": status,
+            "outcome": outcome,
+            "input_tokens": billed.input_tokens,
+            "cache_write_tokens": billed.cache_write_5m + billed.cache_write_1h,
+            "cache_read_tokens": billed.cache_read_input_tokens,
+            "output_tokens": billed.output_tokens,
+            "credits_mc": cost,
+            "latency_ms": latency_ms,
+            "ttfb_ms": ttfb_ms,
+            "stream": int(ticket.stream),
+        }
+        self.metrics.request_done(
+            ticket.route, status, ticket.model.id, latency_ms, ttfb_ms, billed, cost
+        )
+        access_log(ticket.request_id, ticket.authed.account_id, record)
+        task = asyncio.get_running_loop().create_task(self._settle(ticket, cost, record))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, ticket: Ticket, cost: int, record: dict[str, Any]) -> None:
+        try:
+            await self.limiter.settle(
+                account_id=ticket.authed.account_id,
+                key_id=ticket.authed.key_id,
+                request_id=ticket.request_id,
+                cost_mc=cost,
+                record=record,
+            )
+        except errors.AntexError as exc:
+            # The reservation expires on its own; the charge is lost and must be visible.
+            self.metrics.valkey_error()
+            log.error("settle failed request_id=%s: %s", ticket.request_id, exc.message)
+
+    async def drain(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)

@@ -1,0 +1,193 @@
+"""Anthropic-format routes: messages (JSON and SSE), count_tokens, models, usage, probes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import orjson
+import valkey.asyncio as avalkey
+from blacksheep import Content, Request, Response, StreamedContent
+
+from gateway import errors
+from gateway.accounts import get_account
+from gateway.catalog import ModelInfo
+from gateway.limits import usage_body
+from gateway.pipeline import Pipeline, Ticket, asgi_content
+from gateway.proxy import (
+    StreamState,
+    Upstream,
+    passthrough,
+    read_body,
+    response_headers,
+    upstream_headers,
+    watch_disconnect,
+)
+from gateway.sse import usage_from_message
+
+JSON = b"application/json"
+SSE = b"text/event-stream"
+
+
+def json_response(
+    status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> Response:
+    return Response(status, headers or [], Content(JSON, orjson.dumps(payload)))
+
+
+def path_with_query(path: str, request: Request) -> str:
+    query = request.scope.get("query_string") or b""
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _epoch(rfc3339: str) -> int:
+    try:
+        return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+def model_object(info: ModelInfo) -> dict[str, Any]:
+    """Both SDKs parse this: Anthropic's fields plus OpenAI's object/created/owned_by."""
+    return {
+        "type": "model",
+        "id": info.id,
+        "display_name": info.display_name,
+        "created_at": info.created_at,
+        "object": "model",
+        "created": _epoch(info.created_at),
+        "owned_by": "anthropic",
+    }
+
+
+class AnthropicRoutes:
+    def __init__(self, pipeline: Pipeline, upstream: Upstream, client: avalkey.Valkey) -> None:
+        self.p = pipeline
+        self.upstream = upstream
+        self.valkey = client
+
+    async def messages(self, request: Request) -> Response:
+        p = self.p
+        authed, ip_tag = await p.authenticate(request)
+        body = await p.read_body(request)
+        payload = p.parse(body)
+        model, max_tokens = p.check_messages(payload)
+        ticket = await p.admit(
+            route="messages", authed=authed, ip_tag=ip_tag, model=model,
+            payload=payload, body=body, max_tokens=max_tokens,
+        )  # fmt: skip
+        headers = upstream_headers(request.scope["headers"], self.upstream.key)
+        try:
+            resp = await self.upstream.post(path_with_query("/v1/messages", request), body, headers)
+        except errors.UpstreamFailed:
+            p.metrics.upstream_error("connect")
+            p.finish(ticket, {}, 502, "upstream_unreachable")
+            raise
+        ctype = resp.headers.get("content-type", "")
+        if resp.status != 200 or not ctype.startswith("text/event-stream"):
+            return await self._whole(ticket, resp)
+        return self._stream(ticket, request, resp)
+
+    async def _whole(self, ticket: Ticket, resp: Any) -> Response:
+        try:
+            data = await read_body(resp)
+        except errors.UpstreamFailed:
+            self.p.metrics.upstream_error("read")
+            self.p.finish(ticket, {}, 502, "upstream_lost")
+            raise
+        ticket.first_byte()
+        usage = usage_from_message(data)[0] if resp.status == 200 else {}
+        if resp.status >= 500 or resp.status == 429:
+            self.p.metrics.upstream_error(str(resp.status))
+        self.p.finish(ticket, usage, resp.status, "ok" if resp.status == 200 else "upstream_error")
+        # Upstream error bodies go back unmodified: clients match on their wording.
+        ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
+        return Response(resp.status, response_headers(resp), Content(ctype, data))
+
+    def _stream(self, ticket: Ticket, request: Request, resp: Any) -> Response:
+        state = StreamState()
+        watcher = asyncio.get_running_loop().create_task(
+            watch_disconnect(asgi_content(request).receive, resp, state)
+        )
+        metrics = self.p.metrics
+        metrics.stream_opened()
+
+        async def provider() -> Any:
+            try:
+                async for chunk in passthrough(resp, state, ticket.first_byte):
+                    yield chunk
+            finally:
+                watcher.cancel()
+                metrics.stream_closed()
+                if state.client_gone:
+                    outcome = "client_disconnected"
+                elif state.failed:
+                    outcome = "upstream_lost"
+                    metrics.upstream_error("stream")
+                elif state.scanner.error is not None:
+                    outcome = "upstream_error_event"
+                    metrics.upstream_error("event")
+                else:
+                    outcome = "ok"
+                self.p.finish(ticket, state.scanner.billed_usage(), 200, outcome)
+
+        return Response(200, response_headers(resp), StreamedContent(SSE, provider))
+
+    async def count_tokens(self, request: Request) -> Response:
+        p = self.p
+        authed, ip_tag = await p.authenticate(request)
+        body = await p.read_body(request)
+        payload = p.parse(body)
+        model_id = payload.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise errors.InvalidRequest("model: field required", param="model")
+        p.model_info(model_id)
+        await p.check_only(authed, ip_tag)
+        headers = upstream_headers(request.scope["headers"], self.upstream.key)
+        path = path_with_query("/v1/messages/count_tokens", request)
+        resp = await self.upstream.post(path, body, headers)
+        data = await read_body(resp)
+        ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
+        return Response(resp.status, response_headers(resp), Content(ctype, data))
+
+    async def list_models(self, request: Request) -> Response:
+        authed, ip_tag = await self.p.authenticate(request)
+        await self.p.check_only(authed, ip_tag)
+        models = self.p.catalog.models
+        ids = [m.id for m in models]
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        start, end = 0, len(models)
+        if after and after[0] in ids:
+            start = ids.index(after[0]) + 1
+        if before and before[0] in ids:
+            end = ids.index(before[0])
+        try:
+            limit = min(1000, max(1, int((request.query.get("limit") or ["20"])[0])))
+        except ValueError:
+            raise errors.InvalidRequest("limit: must be an integer", param="limit") from None
+        page = models[start:end][:limit]
+        data = [model_object(m) for m in page]
+        return json_response(
+            200,
+            {
+                "data": data,
+                "has_more": start + len(page) < end,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "object": "list",
+            },
+        )
+
+    async def get_model(self, request: Request, model_id: str) -> Response:
+        authed, ip_tag = await self.p.authenticate(request)
+        await self.p.check_only(authed, ip_tag)
+        return json_response(200, model_object(self.p.model_info(model_id)))
+
+    async def usage(self, request: Request) -> Response:
+        authed, ip_tag = await self.p.authenticate(request)
+        await self.p.check_only(authed, ip_tag)
+        view = await self.p.limiter.usage(authed.account_id)
+        account = await get_account(self.valkey, authed.account_id)
+        body = usage_body(view, account.get("plan"), int(account.get("period_end_ms") or 0) or None)
+        return json_response(200, body)

@@ -1,0 +1,160 @@
+"""``antex serve``: embedded Valkey and simulator when needed, then granian workers.
+
+Both helpers start once in the main process, before the workers fork, and their
+addresses reach the workers through the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import valkey.asyncio as avalkey
+
+from gateway import accounts, keyspace
+from gateway.config import Settings
+from gateway.embedded_valkey import EmbeddedValkey, free_port
+from gateway.errors import ConfigError
+from gateway.plans import list_plans
+
+log = logging.getLogger("antex.serve")
+
+DEMO_EMAIL = "demo@antex.local"
+_DEMO_BODY = (
+    '{"model":"claude-sonnet-4-6","max_tokens":256,"stream":true,'
+    '"messages":[{"role":"user","content":"Hello"}]}'
+)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_simulator(port: int) -> tuple[subprocess.Popen[bytes], str]:
+    if port == 0 or not _port_free("127.0.0.1", port):
+        port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.simulator", "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"the upstream simulator exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, url
+        time.sleep(0.05)
+    proc.terminate()
+    raise ConfigError("the upstream simulator did not start within 15s")
+
+
+async def _prepare(settings: Settings, demo: bool) -> str | None:
+    """Seeds plans; with ``demo``, makes the demo account and returns a new key once."""
+    client = avalkey.Valkey.from_url(settings.valkey_url or "")
+    try:
+        await list_plans(client)  # seeds the shipped plans on first use
+        if not demo:
+            return None
+        account_id = await accounts.find_account(client, DEMO_EMAIL)
+        if account_id is None:
+            account_id = await accounts.create_account(client, DEMO_EMAIL, settings.default_plan)
+        if await client.scard(keyspace.AccountKeys(account_id).keys):
+            return None
+        created = await accounts.create_key(
+            client, account_id, "demo", rounds=settings.bcrypt_rounds
+        )
+        return created.key
+    finally:
+        await client.aclose()
+
+
+def _print_demo(settings: Settings, key: str | None) -> None:
+    base = settings.base_url
+    if key is None:
+        print(
+            f"\nDemo account {DEMO_EMAIL} exists; its key was printed on first start.\n"
+            f"New key:  antex key create {DEMO_EMAIL} --name demo\n",
+            flush=True,
+        )
+        return
+    print(
+        f"""
+Antex is starting on {base}
+
+  Demo API key (shown once, save it now):
+    {key}
+
+  Try it:
+    curl -N {base}/v1/messages -H "x-api-key: {key}" \\
+      -H "anthropic-version: 2023-06-01" -H "content-type: application/json" \\
+      -d '{_DEMO_BODY}'
+
+  Claude Code:
+    export ANTHROPIC_BASE_URL={base}
+    export ANTHROPIC_API_KEY={key}
+""",
+        flush=True,
+    )
+
+
+def serve(settings: Settings, *, demo: bool = False) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    embedded: EmbeddedValkey | None = None
+    simulator: subprocess.Popen[bytes] | None = None
+    env_updates: dict[str, str] = {}
+    try:
+        if settings.valkey_url is None:
+            embedded = EmbeddedValkey(Path(settings.data_dir))
+            running = embedded.running_url()
+            if running:
+                log.warning("reusing the embedded valkey already serving %s", settings.data_dir)
+                env_updates["ANTEX_VALKEY_URL"], embedded = running, None
+            else:
+                env_updates["ANTEX_VALKEY_URL"] = embedded.start()
+        if settings.upstream_key is None:
+            simulator, url = start_simulator(settings.simulator_port)
+            env_updates["ANTEX_UPSTREAM_URL"] = url
+            env_updates["ANTEX_UPSTREAM_KEY"] = "simulator"
+            log.warning(
+                "NO UPSTREAM CREDENTIALS (ANTEX_UPSTREAM_KEY unset): serving answers from the "
+                "built-in simulator at %s, not from Claude. Set ANTEX_UPSTREAM_KEY for real use.",
+                url,
+            )
+        os.environ.update(env_updates)
+        settings = Settings.from_env(os.environ)
+        demo_key = asyncio.run(_prepare(settings, demo))
+        if demo:
+            _print_demo(settings, demo_key)
+        server = Granian(
+            "gateway.app:app_from_env",
+            factory=True,
+            interface=Interfaces.ASGI,
+            address=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop=Loops.uvloop,
+            backlog=4096,
+            log_access=False,
+        )
+        server.serve()
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(10)
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,147 @@
+"""Pure incremental SSE scanning: usage from passthrough bytes, and event splitting.
+
+``UsageScanner`` reads the bytes the proxy forwards untouched and decodes only the small
+``message_start`` / ``message_delta`` / ``error`` payloads; content deltas are skipped by
+a byte search, so the stream is never parsed and re-encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# Event lines we must decode the following data line of.
+_WANTED = {b"message_start": 1, b"message_delta": 2, b"error": 3}
+_MARKERS = (b"event: message_", b"event: error", b"event:message_", b"event:error")
+# A partial line longer than this cannot be an event line; it is content to skip.
+_MAX_EVENT_LINE = 64
+_USAGE_FIELDS = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+)
+
+
+class UsageScanner:
+    """Feeds on arbitrary chunks of an Anthropic SSE stream; any chunking gives one result."""
+
+    __slots__ = ("_buf", "_pending", "_skip", "error", "model", "start", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self._buf = b""  # the incomplete last line, when it may matter
+        self._skip = False  # inside a long line that does not matter
+        self._pending = 0  # which data line to decode next (0: none)
+        self.start: dict[str, Any] = {}
+        self.usage: dict[str, Any] = {}
+        self.model: str | None = None
+        self.stop_reason: str | None = None
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._pending and not self._buf and not self._skip:
+            # Fast path: most chunks are content deltas with no event we decode.
+            if not any(m in chunk for m in _MARKERS):
+                self._remember_tail(chunk, chunk.rfind(b"\n"))
+                return
+        data = self._buf + chunk if self._buf else chunk
+        self._buf = b""
+        start = 0
+        if self._skip:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            self._skip = False
+            start = nl + 1
+        last_nl = data.rfind(b"\n")
+        if last_nl >= start:
+            for line in data[start:last_nl].split(b"\n"):
+                self._line(line.rstrip(b"\r"))
+        self._remember_tail(data, max(last_nl, start - 1))
+
+    def _remember_tail(self, data: bytes, last_nl: int) -> None:
+        tail = data[last_nl + 1 :]
+        if not tail:
+            return
+        if self._pending or len(tail) <= _MAX_EVENT_LINE:
+            self._buf = tail
+        else:
+            self._skip = True
+
+    def _line(self, line: bytes) -> None:
+        if line.startswith(b"event:"):
+            self._pending = _WANTED.get(line[6:].strip(), 0)
+        elif self._pending and line.startswith(b"data:"):
+            kind, self._pending = self._pending, 0
+            try:
+                payload = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(payload, dict):
+                self._apply(kind, payload)
+
+    def _apply(self, kind: int, payload: dict[str, Any]) -> None:
+        if kind == 1:
+            message = payload.get("message") or {}
+            self.model = message.get("model")
+            self.start = dict(message.get("usage") or {})
+        elif kind == 2:
+            # Cumulative: the last message_delta wins field by field.
+            self.usage.update(payload.get("usage") or {})
+            delta = payload.get("delta") or {}
+            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+        else:
+            self.error = payload.get("error") or {"type": "api_error", "message": ""}
+
+    def billed_usage(self) -> dict[str, Any]:
+        """The billing rule: message_delta values, falling back to message_start's."""
+        merged = dict(self.start)
+        merged.update(self.usage)
+        return merged
+
+
+def usage_from_message(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """Usage and model of a non-streamed Messages response (empty when unparsable)."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}, None
+    if not isinstance(message, dict):
+        return {}, None
+    return dict(message.get("usage") or {}), message.get("model")
+
+
+def has_usage(usage: dict[str, Any]) -> bool:
+    return any(usage.get(f) for f in _USAGE_FIELDS)
+
+
+class EventSplitter:
+    """Splits an SSE byte stream into ``(event, data)`` pairs for the translated routes."""
+
+    __slots__ = ("_buf", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        data = self._buf + chunk if self._buf else chunk
+        last_nl = data.rfind(b"\n")
+        if last_nl < 0:
+            self._buf = data
+            return []
+        self._buf = data[last_nl + 1 :]
+        out: list[tuple[str, bytes]] = []
+        for raw in data[:last_nl].split(b"\n"):
+            line = raw.rstrip(b"\r")
+            if not line:
+                if self._data:
+                    out.append((self._event.decode() or "message", b"\n".join(self._data)))
+                self._event, self._data = b"", []
+            elif line.startswith(b"event:"):
+                self._event = line[6:].strip()
+            elif line.startswith(b"data:"):
+                self._data.append(line[5:].lstrip(b" "))
+        return out

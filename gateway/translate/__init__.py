@@ -1,0 +1,1 @@
+"""Pure request, response and stream mappings between the OpenAI formats and Anthropic Messages."""

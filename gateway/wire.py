@@ -1,0 +1,96 @@
+"""Renders domain errors on the wire: Anthropic JSON, OpenAI JSON, or an SSE error event.
+
+This is the only module that knows which HTTP status and headers each error carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway import errors
+
+# Claude Code and the Stainless SDKs retry 429s for minutes unless told not to.
+_RETRY_HINT_LIMIT_S = 60
+
+_STATUS: tuple[tuple[type[errors.AntexError], int], ...] = (
+    (errors.InvalidRequest, 400),
+    (errors.AuthenticationFailed, 401),
+    (errors.PermissionDenied, 403),
+    (errors.NotFound, 404),
+    (errors.RateLimited, 429),
+    (errors.UpstreamFailed, 502),
+    (errors.ServiceUnavailable, 503),
+)
+
+_OPENAI_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+_OPENAI_CODE = {
+    "authentication_error": "invalid_api_key",
+    "permission_error": "permission_denied",
+    "not_found_error": "model_not_found",
+    "rate_limit_error": "rate_limit_exceeded",
+}
+
+
+def status_of(err: errors.AntexError) -> int:
+    if isinstance(err, errors.UpstreamFailed) and err.timeout:
+        return 504
+    for cls, status in _STATUS:
+        if isinstance(err, cls):
+            return status
+    return 500
+
+
+def headers_of(err: errors.AntexError, request_id: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"request-id", request_id.encode())]
+    if isinstance(err, errors.RateLimited):
+        headers.append((b"retry-after", str(err.retry_after_s).encode()))
+        if err.retry_after_s > _RETRY_HINT_LIMIT_S:
+            headers.append((b"x-should-retry", b"false"))
+    elif isinstance(err, errors.AuthenticationFailed | errors.PermissionDenied):
+        headers.append((b"x-should-retry", b"false"))
+    elif isinstance(err, errors.InvalidRequest | errors.NotFound):
+        headers.append((b"x-should-retry", b"false"))
+    return headers
+
+
+def anthropic_body(err: errors.AntexError, request_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "error",
+            "error": {"type": err.code, "message": err.message},
+            "request_id": request_id,
+        }
+    )
+
+
+def openai_error(err: errors.AntexError) -> dict[str, Any]:
+    status = status_of(err)
+    # The product's own codes (payload_too_large, ip_limit_reached, ...) stay visible as `code`.
+    kind = _OPENAI_TYPE.get(status, "api_error" if status < 503 else "service_unavailable")
+    code = err.code if err.code not in _OPENAI_TYPE.values() else _OPENAI_CODE.get(err.code)
+    if err.code == "invalid_request_error":
+        code = None
+    return {"message": err.message, "type": kind, "code": code, "param": err.param}
+
+
+def openai_body(err: errors.AntexError) -> bytes:
+    return orjson.dumps({"error": openai_error(err)})
+
+
+def sse_error_event(err: errors.AntexError) -> bytes:
+    """One Anthropic ``event: error`` for failures after a 200 was already sent."""
+    payload = orjson.dumps({"type": "error", "error": {"type": err.code, "message": err.message}})
+    return b"event: error\ndata: " + payload + b"\n\n"
+
+
+def upstream_lost_event(timeout: bool) -> bytes:
+    message = "Upstream stopped sending data" if timeout else "Upstream connection lost"
+    return sse_error_event(errors.UpstreamFailed(message, timeout=timeout))

@@ -1,0 +1,161 @@
+"""The usage scanner reads the same usage however the stream is cut into chunks."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.sse import EventSplitter, UsageScanner, usage_from_message
+
+
+def event(name: str, payload: dict[str, object]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def realistic_stream(text_pieces: list[str], output_tokens: int) -> bytes:
+    parts = [
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "claude-sonnet-4-6",
+                    "content": [],
+                    "usage": {
+                        "input_tokens": 25,
+                        "cache_creation_input_tokens": 7,
+                        "cache_read_input_tokens": 1800,
+                        "output_tokens": 1,
+                    },
+                },
+            },
+        ),
+        event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        event("ping", {"type": "ping"}),
+    ]
+    for piece in text_pieces:
+        parts.append(
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
+            )
+        )
+    parts += [
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens // 2},
+            },
+        ),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens, "input_tokens": 26},
+            },
+        ),
+        event("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(parts)
+
+
+EXPECTED_BASE = {
+    "input_tokens": 26,
+    "cache_creation_input_tokens": 7,
+    "cache_read_input_tokens": 1800,
+}
+
+# Text that tries to look like the events the scanner decodes.
+tricky_text = st.lists(
+    st.sampled_from(
+        ["hi", "event: message_delta", "\\n\\ndata: {", "x" * 200, "é✓", "event: error"]
+    )
+    | st.text(max_size=30),
+    max_size=12,
+)
+
+
+def scan(stream: bytes, cuts: list[int]) -> UsageScanner:
+    scanner = UsageScanner()
+    positions = sorted({c % (len(stream) + 1) for c in cuts})
+    start = 0
+    for pos in [*positions, len(stream)]:
+        if pos > start:
+            scanner.feed(stream[start:pos])
+            start = pos
+    return scanner
+
+
+@settings(max_examples=300)
+@given(pieces=tricky_text, output=st.integers(1, 100_000), cuts=st.lists(st.integers(0, 10**6)))
+def test_usage_is_independent_of_chunking(pieces: list[str], output: int, cuts: list[int]) -> None:
+    stream = realistic_stream(pieces, output)
+    scanner = scan(stream, cuts)
+    assert scanner.billed_usage() == {**EXPECTED_BASE, "output_tokens": output}
+    assert scanner.model == "claude-sonnet-4-6"
+    assert scanner.stop_reason == "end_turn"
+    assert scanner.error is None
+
+
+def test_byte_by_byte_feeding_matches_whole_stream() -> None:
+    stream = realistic_stream(["Hello", " world"], 15)
+    whole = UsageScanner()
+    whole.feed(stream)
+    one = scan(stream, list(range(len(stream))))
+    assert one.billed_usage() == whole.billed_usage() == {**EXPECTED_BASE, "output_tokens": 15}
+
+
+def test_mid_stream_error_is_captured_and_usage_falls_back_to_message_start() -> None:
+    stream = realistic_stream(["a"], 5).split(b"event: content_block_stop")[0] + event(
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    )
+    scanner = scan(stream, [3, 50, 51, 400])
+    assert scanner.error == {"type": "overloaded_error", "message": "Overloaded"}
+    assert scanner.billed_usage()["input_tokens"] == 25
+    assert scanner.billed_usage()["cache_read_input_tokens"] == 1800
+
+
+def test_crlf_line_endings_are_understood() -> None:
+    stream = realistic_stream(["x"], 9).replace(b"\n", b"\r\n")
+    assert scan(stream, [10, 99]).billed_usage()["output_tokens"] == 9
+
+
+def test_non_stream_usage() -> None:
+    body = orjson.dumps({"model": "m", "usage": {"input_tokens": 3, "output_tokens": 4}})
+    assert usage_from_message(body) == ({"input_tokens": 3, "output_tokens": 4}, "m")
+    assert usage_from_message(b"not json") == ({}, None)
+
+
+@given(cuts=st.lists(st.integers(0, 10**6)))
+def test_event_splitter_yields_every_event_once(cuts: list[int]) -> None:
+    stream = realistic_stream(["a", "b"], 3)
+    splitter = EventSplitter()
+    events: list[tuple[str, bytes]] = []
+    start = 0
+    for pos in [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]:
+        if pos > start:
+            events += splitter.feed(stream[start:pos])
+            start = pos
+    names = [name for name, _ in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert names.count("content_block_delta") == 2
+    assert all(orjson.loads(data)["type"] == name for name, data in events)
