@@ -54,7 +54,10 @@ class Resources:
         self.catalog = load_catalog(settings.models_file)
         self.metrics = Metrics()
         self.limiter = CreditLimiter(
-            self.valkey, self.scripts, make_clock(settings.clock_file), LimiterSettings()
+            self.valkey,
+            self.scripts,
+            make_clock(settings.clock_file),
+            LimiterSettings(reserve_output_cap=max(1, settings.reserve_output_cap)),
         )
         self.auth = Authenticator(
             self.valkey,

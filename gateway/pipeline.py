@@ -208,21 +208,27 @@ class Pipeline:
         cost = cost_mc(billed, ticket.model.rates)
         latency_ms = int((time.perf_counter() - ticket.started) * 1000)
         ttfb_ms = int(ticket.ttfb * 1000) if ticket.ttfb is not None else latency_ms
-        record = {
+        record: dict[str, Any] = {
             "model": ticket.model.id,
             "route": ticket.route,
             "key_id": ticket.authed.key_id,
+            "ip_tag": ticket.ip_tag,
             "status": status,
-            "outcome": outcome,
             "input_tokens": billed.input_tokens,
-            "cache_write_tokens": billed.cache_write_5m + billed.cache_write_1h,
-            "cache_read_tokens": billed.cache_read_input_tokens,
+            "cache_creation_input_tokens": billed.cache_write_5m + billed.cache_write_1h,
+            "cache_write_5m": billed.cache_write_5m,
+            "cache_write_1h": billed.cache_write_1h,
+            "cache_read_input_tokens": billed.cache_read_input_tokens,
             "output_tokens": billed.output_tokens,
             "credits_mc": cost,
+            "estimate_mc": ticket.estimate_mc,
             "latency_ms": latency_ms,
             "ttfb_ms": ttfb_ms,
             "stream": int(ticket.stream),
+            "disconnected": int(outcome == "client_disconnected"),
         }
+        if outcome != "ok":
+            record["error_type"] = outcome
         self.metrics.request_done(
             ticket.route, status, ticket.model.id, latency_ms, ttfb_ms, billed, cost
         )
