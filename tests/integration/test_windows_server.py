@@ -131,7 +131,7 @@ async def test_5h_then_weekly_refusals_name_their_window_and_clear_with_time(
     client = httpx.AsyncClient(timeout=30)
     headers = {"x-api-key": customer.key, "x-sim-output-tokens": "1000"}
     url = f"{stack.url}/v1/messages"
-    assert await client.post(url, content=payload, headers=headers).status_code == 200
+    assert (await client.post(url, content=payload, headers=headers)).status_code == 200
 
     refused = await client.post(url, content=payload, headers=headers)
     assert refused.status_code == 429
@@ -151,7 +151,7 @@ async def test_5h_then_weekly_refusals_name_their_window_and_clear_with_time(
 
         stack.move_clock(7 * 24 * HOUR_MS)
         moved += 7 * 24 * HOUR_MS
-        assert await client.post(url, content=payload, headers=headers).status_code == 200
+        assert (await client.post(url, content=payload, headers=headers)).status_code == 200
     finally:
         stack.move_clock(-moved)  # other tests share this server's clock
         await client.aclose()
