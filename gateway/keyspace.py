@@ -63,22 +63,14 @@ class AccountKeys:
         return f"{self.tag}:denied:{key_id}"
 
     def key_failures(self, key_id: str) -> str:
-        """Zset: failed-secret attempt id -> ms (brute-force signal)."""
+        """Zset: "<ip tag>#<attempt id>" -> ms of each failed secret (brute-force signal)."""
         return f"{self.tag}:fail:{key_id}"
 
     @property
-    def window_5h(self) -> str:
-        """Zset: bucket start ms -> bucket start ms (ordering of the 5-hour buckets)."""
-        return f"{self.tag}:w5"
-
-    @property
     def window_5h_amounts(self) -> str:
-        """Hash: bucket start ms -> milli-credits; field ``total`` holds the running sum."""
+        """Hash: "<bucket start ms>" -> milli-credits, plus ``total`` (their sum) and ``head``
+        (the oldest bucket start). One hash per window keeps an account's memory small."""
         return f"{self.tag}:w5:amt"
-
-    @property
-    def window_7d(self) -> str:
-        return f"{self.tag}:w7"
 
     @property
     def window_7d_amounts(self) -> str:
@@ -106,6 +98,6 @@ class AccountKeys:
 
     @property
     def daily(self) -> str:
-        """Hash: "<yyyymmddhh>:<model>:<field>" -> count, for dashboard charts (7-day TTL'd
-        by pruning in settle)."""
+        """Hash, pruned to 7 days by settle: ``h:<hours since epoch>`` -> milli-credits and
+        ``d:<days since epoch>:<model>:{n,in,out,cr,cw,mc}`` -> counts, for dashboard charts."""
         return f"{self.tag}:hourly"

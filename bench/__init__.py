@@ -1,0 +1,1 @@
+"""`make bench`: the gateway measured against direct, bare and nginx baselines."""

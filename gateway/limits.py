@@ -1,0 +1,364 @@
+"""Rolling credit windows, concurrency and per-key checks, enforced by the Lua scripts.
+
+``admit`` is the one Valkey round trip before an upstream call, ``settle`` the one after it;
+``usage`` is the read-only view behind the dashboard and the subscription-usage endpoint.
+
+Overshoot: each admit keeps used + reserved + min(estimate, limit) <= limit, so a window can
+exceed its limit only by the overruns (cost - min(estimate, limit)) of the at most
+``concurrency`` requests in flight at the last admission, plus the whole cost of any stream
+that outlives ``reservation_ttl_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, NoReturn
+
+from gateway import errors, keyspace
+from gateway.keyspace import AccountKeys
+from gateway.scripts import Client, Scripts, fail_closed
+
+log = logging.getLogger("antex.limits")
+
+SECOND_MS = 1000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+# What a log entry may hold: usage metadata, never prompt or completion content.
+LOG_FIELDS = frozenset(
+    {
+        "model", "route", "status", "stop_reason", "error_type", "key_id", "ip_tag",
+        "input_tokens", "output_tokens", "cache_read_input_tokens",
+        "cache_creation_input_tokens", "cache_write_5m", "cache_write_1h",
+        "credits_mc", "estimate_mc", "latency_ms", "ttfb_ms", "stream", "disconnected",
+        "upstream_request_id",
+    }
+)  # fmt: skip
+_MAX_LOG_VALUE = 200
+
+_WINDOW_WORDS = {"5h": "5-hour", "7d": "Weekly"}
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    """Durations in ms, amounts in milli-credits, counts as plain integers."""
+
+    window_5h_ms: int = 5 * HOUR_MS
+    bucket_5h_ms: int = MINUTE_MS
+    window_7d_ms: int = 7 * DAY_MS
+    bucket_7d_ms: int = HOUR_MS
+    # A reservation whose request died without settling frees itself after this.
+    reservation_ttl_ms: int = 20 * MINUTE_MS
+    reserve_output_cap: int = 8192
+    ip_quarantine_count: int = 3
+    ip_quarantine_period_ms: int = 10 * MINUTE_MS
+    failure_quarantine_count: int = 20
+    failure_quarantine_period_ms: int = 5 * MINUTE_MS
+    log_maxlen: int = 100
+    events_maxlen: int = 100
+    aggregate_days: int = 7
+    concurrency_retry_s: int = 1
+    # In-flight streams usually settle within seconds; Claude Code retries ~10 times.
+    reserved_retry_s: int = 5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise errors.ConfigError(f"limiter setting {f.name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request. Usage fields are None for check-only admissions."""
+
+    ip_newly_bound: bool
+    check_only: bool
+    reserved_mc: int  # this request's reservation (0 when check_only)
+    used_5h_mc: int | None = None
+    limit_5h_mc: int | None = None
+    used_7d_mc: int | None = None
+    limit_7d_mc: int | None = None
+    account_reserved_mc: int | None = None  # all of the account's live reservations
+    in_flight: int | None = None  # including this request
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    used_mc: int
+    limit_mc: int
+    reserved_mc: int  # the account's live reservations, held against every window
+    resets_at_ms: int | None  # when the oldest charge still counted leaves the window
+
+
+@dataclass(frozen=True, slots=True)
+class UsageView:
+    five_hour: WindowUsage
+    seven_day: WindowUsage
+    in_flight: int
+    now_ms: int
+
+
+@lru_cache(maxsize=4096)
+def _keys(account_id: str) -> AccountKeys:
+    return AccountKeys(account_id)
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(ms: int) -> str:
+    seconds = max(1, math.ceil(ms / 1000))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _plural(n: int, word: str, suffix: str = "s") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{suffix}"
+
+
+class CreditLimiter:
+    def __init__(
+        self,
+        client: Client,
+        scripts: Scripts,
+        clock: Callable[[], int],
+        settings: LimiterSettings | None = None,
+    ) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._clock = clock
+        self.settings = settings or LimiterSettings()
+        self._dropped_fields: set[str] = set()
+
+    async def admit(
+        self,
+        *,
+        account_id: str,
+        key_id: str,
+        ip_tag: str,
+        request_id: str,
+        estimate_mc: int,
+        check_only: bool = False,
+    ) -> Admission:
+        if request_id == "total":
+            raise ValueError("request id 'total' is reserved")
+        k, s, now = _keys(account_id), self.settings, self._clock()
+        estimate = 0 if check_only else max(0, estimate_mc)
+        raw = await self._scripts.call(
+            self._client,
+            "admit",
+            [
+                k.account, k.key(key_id), k.key_ips(key_id), k.key_denied(key_id),
+                k.window_5h_amounts, k.window_7d_amounts, k.inflight, k.reserved, k.events,
+            ],
+            [
+                now, request_id, estimate, ip_tag, int(check_only), key_id,
+                s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms,
+                s.reservation_ttl_ms, s.ip_quarantine_period_ms, s.ip_quarantine_count,
+                s.events_maxlen,
+            ],
+        )  # fmt: skip
+        outcome = _str(raw[0])
+        if outcome != "ok":
+            await self._refuse(outcome, raw, now, account_id, key_id)
+        bound = bool(int(raw[1]))
+        if check_only:
+            return Admission(ip_newly_bound=bound, check_only=True, reserved_mc=0)
+        used5, limit5, used7, limit7, reserved, in_flight = (int(v) for v in raw[2:8])
+        return Admission(bound, False, estimate, used5, limit5, used7, limit7, reserved, in_flight)
+
+    async def _refuse(
+        self, outcome: str, raw: list[Any], now: int, account_id: str, key_id: str
+    ) -> NoReturn:
+        if outcome == "revoked":
+            raise errors.AuthenticationFailed("This API key has been revoked.")
+        if outcome == "quarantined":
+            reason = _str(raw[2])
+            if int(raw[1]):
+                await self._index_quarantine(account_id, key_id, now, reason)
+            raise errors.KeyQuarantined(
+                f"This API key has been quarantined: {reason}. "
+                "Ask your operator to review it and issue a new key."
+            )
+        if outcome == "no_plan":
+            why, period_end = _str(raw[1]), int(raw[2])
+            if why == "expired":
+                ended = rfc3339(period_end)
+                detail = f"the plan period ended at {ended}; ask your operator to renew it"
+            elif why in ("missing", "zero_limit"):
+                detail = "ask your operator to assign one"
+            else:
+                detail = f"the account is {why}; ask your operator to reactivate it"
+            raise errors.PermissionDenied(f"No active plan for this account: {detail}.")
+        if outcome == "ip_limit":
+            bound, slots = int(raw[1]), int(raw[2])
+            raise errors.IpLimitReached(
+                f"This API key is already bound to {_plural(bound, 'IP address', 'es')} and the "
+                f"account has {_plural(slots, 'IP slot')}; ask your operator to rotate an IP "
+                "or add slots."
+            )
+        if outcome == "concurrency":
+            in_flight, cap = int(raw[1]), int(raw[2])
+            wait = self.settings.concurrency_retry_s
+            raise errors.RateLimited(
+                f"Too many concurrent requests: {in_flight} in flight and the plan allows "
+                f"{cap}; retry in {wait} s.",
+                scope="concurrency",
+                retry_after_s=wait,
+                resets_at_ms=now + wait * SECOND_MS,
+            )
+        if outcome == "reserved":
+            window = _str(raw[1])
+            wait = self.settings.reserved_retry_s
+            raise errors.RateLimited(
+                f"{_WINDOW_WORDS[window]} usage limit nearly reached: requests still in flight "
+                f"hold the remaining capacity; retry in {wait} s.",
+                scope="reserved",
+                retry_after_s=wait,
+                resets_at_ms=now + wait * SECOND_MS,
+            )
+        if outcome in _WINDOW_WORDS:
+            frees_at = int(raw[1])
+            raise errors.RateLimited(
+                f"{_WINDOW_WORDS[outcome]} usage limit reached; capacity frees at "
+                f"{rfc3339(frees_at)} (in {_duration(frees_at - now)}).",
+                scope=outcome,
+                retry_after_s=math.ceil((frees_at - now) / 1000),
+                resets_at_ms=frees_at,
+            )
+        raise RuntimeError(f"admit.lua returned an unknown outcome {outcome!r}")
+
+    async def _index_quarantine(self, account_id: str, key_id: str, now: int, reason: str) -> None:
+        # The key is already quarantined in its own hash; the global index only feeds the
+        # operator's list, so losing this write must not turn into a second error.
+        log.warning("key %s of account %s quarantined: %s", key_id, account_id, reason)
+        try:
+            with fail_closed():
+                await self._client.zadd(keyspace.QUARANTINE_INDEX, {f"{account_id}:{key_id}": now})
+        except errors.ServiceUnavailable:
+            log.error("quarantine of key %s not indexed; it is still enforced", key_id)
+
+    async def settle(
+        self,
+        *,
+        account_id: str,
+        key_id: str,
+        request_id: str,
+        cost_mc: int,
+        record: Mapping[str, str | int],
+    ) -> None:
+        k, s, now = _keys(account_id), self.settings, self._clock()
+        cost = max(0, cost_mc)
+        entry: dict[str, str | int] = {"request_id": request_id, "key_id": key_id}
+        for name, value in record.items():
+            if name in LOG_FIELDS:
+                entry[name] = value if isinstance(value, int) else str(value)[:_MAX_LOG_VALUE]
+            elif name not in self._dropped_fields:
+                self._dropped_fields.add(name)
+                log.warning("usage log field %r is not in LOG_FIELDS; dropped", name)
+        entry["credits_mc"] = cost
+
+        def tokens(name: str) -> int:
+            value = record.get(name, 0)
+            return value if isinstance(value, int) else 0
+
+        await self._scripts.call(
+            self._client,
+            "settle",
+            [
+                k.key(key_id), k.window_5h_amounts, k.window_7d_amounts, k.inflight,
+                k.reserved, k.log, k.daily,
+            ],
+            [
+                now, request_id, cost, s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms,
+                s.bucket_7d_ms, s.log_maxlen, str(record.get("model") or "unknown"),
+                tokens("input_tokens"), tokens("output_tokens"),
+                tokens("cache_read_input_tokens"), tokens("cache_creation_input_tokens"),
+                s.aggregate_days,
+                *(item for pair in entry.items() for item in pair),
+            ],
+        )  # fmt: skip
+
+    async def usage(self, account_id: str) -> UsageView:
+        k, s, now = _keys(account_id), self.settings, self._clock()
+        raw = await self._scripts.call(
+            self._client,
+            "usage",
+            [k.account, k.window_5h_amounts, k.window_7d_amounts, k.inflight, k.reserved],
+            [now, s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms],
+            readonly=True,
+        )
+        used5, limit5, resets5, used7, limit7, resets7, reserved, in_flight = (int(v) for v in raw)
+        return UsageView(
+            WindowUsage(used5, limit5, reserved, resets5 if resets5 >= 0 else None),
+            WindowUsage(used7, limit7, reserved, resets7 if resets7 >= 0 else None),
+            in_flight,
+            now,
+        )
+
+    async def record_key_failure(self, *, account_id: str, key_id: str, ip_tag: str) -> bool:
+        """Count one wrong secret for an existing key id; True when this one quarantined it."""
+        k, s, now = _keys(account_id), self.settings, self._clock()
+        raw = await self._scripts.call(
+            self._client,
+            "key_failure",
+            [k.key(key_id), k.key_failures(key_id), k.events],
+            [
+                now, secrets.token_hex(6), s.failure_quarantine_period_ms,
+                s.failure_quarantine_count, key_id, ip_tag, s.events_maxlen,
+            ],
+        )  # fmt: skip
+        if _str(raw[0]) != "quarantined":
+            return False
+        await self._index_quarantine(account_id, key_id, now, "wrong secrets")
+        return True
+
+
+def _utilization(used_mc: int, limit_mc: int) -> float:
+    if limit_mc <= 0:
+        return 100.0 if used_mc > 0 else 0.0
+    tenths = min(1000, (used_mc * 1000 + limit_mc // 2) // limit_mc)
+    if used_mc < limit_mc:
+        tenths = min(tenths, 999)  # 100.0 only once the window is really full
+    return tenths / 10
+
+
+def usage_body(view: UsageView, plan_name: str | None, period_end_ms: int | None) -> dict[str, Any]:
+    """Anthropic's subscription-usage shape: percentages and reset times, never credits."""
+
+    def window(w: WindowUsage) -> dict[str, Any]:
+        return {
+            "utilization": _utilization(w.used_mc, w.limit_mc),
+            "resets_at": None if w.resets_at_ms is None else rfc3339(w.resets_at_ms),
+        }
+
+    return {
+        "five_hour": window(view.five_hour),
+        "seven_day": window(view.seven_day),
+        "plan": {
+            "name": plan_name,
+            "period_end": None if period_end_ms is None else rfc3339(period_end_ms),
+        },
+        "requests_in_flight": view.in_flight,
+    }

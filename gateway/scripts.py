@@ -1,0 +1,114 @@
+"""The Lua scripts of ``ratelimit_lua``: loaded once at start-up, called by SHA.
+
+This module is also the one place where Valkey connection failures become
+``errors.ServiceUnavailable``: limits are enforced in Valkey or not at all (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeAlias, cast
+
+import valkey.exceptions as vexc
+from valkey.asyncio import Valkey
+from valkey.asyncio.cluster import ValkeyCluster
+
+from gateway.errors import ServiceUnavailable
+
+log = logging.getLogger("antex.valkey")
+
+Client: TypeAlias = Valkey | ValkeyCluster
+Arg: TypeAlias = str | int
+
+SCRIPT_NAMES = ("admit", "settle", "usage", "key_failure")
+
+# A cluster mid-failover, a replica promoted under us or a server out of memory is as
+# unusable as a dead socket. Script errors (bugs) are not in this list and stay loud.
+_UNAVAILABLE = (
+    vexc.ConnectionError,
+    vexc.TimeoutError,
+    vexc.ClusterDownError,
+    vexc.TryAgainError,
+    vexc.ReadOnlyError,
+    vexc.OutOfMemoryError,
+    vexc.SlotNotCoveredError,
+)
+
+
+@contextmanager
+def fail_closed() -> Iterator[None]:
+    """Map Valkey outages to ``ServiceUnavailable``; use around every Valkey call."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        log.warning("valkey unavailable: %s", exc)
+        raise ServiceUnavailable(
+            "The gateway's usage store is unreachable; retry shortly."
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _read(name: str) -> Script:
+    source = resources.files("ratelimit_lua").joinpath(f"{name}.lua").read_text("utf-8")
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+class Scripts:
+    """The scripts by name. ``call`` runs one by SHA and, if the server lost its script
+    cache (restart, failover, SCRIPT FLUSH), sends the source once, which reloads it."""
+
+    def __init__(self, names: Sequence[str] = SCRIPT_NAMES) -> None:
+        self._scripts = {name: _read(name) for name in names}
+
+    def __getitem__(self, name: str) -> Script:
+        return self._scripts[name]
+
+    async def load(self, client: Client) -> None:
+        """SCRIPT LOAD every script (on a cluster: on every primary); a syntax error raises
+        here, at boot, rather than on a live request."""
+        with fail_closed():
+            for script in self._scripts.values():
+                sha = await cast(Awaitable[Any], client.script_load(script.source))
+                if isinstance(sha, bytes):
+                    sha = sha.decode()
+                if sha != script.sha:
+                    raise RuntimeError(f"{script.name}.lua loaded as {sha}, expected {script.sha}")
+
+    async def call(
+        self,
+        client: Client,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        *,
+        readonly: bool = False,
+    ) -> Any:
+        script = self._scripts[name]
+        argv = [*keys, *(str(a) for a in args)]
+        with fail_closed():
+            try:
+                if readonly:
+                    call = client.evalsha_ro(script.sha, len(keys), *argv)
+                else:
+                    call = client.evalsha(script.sha, len(keys), *argv)
+                return await cast(Awaitable[Any], call)
+            except vexc.NoScriptError:
+                log.info("script %s missing on the server; reloading", name)
+            # EVAL caches the source on whichever node answers, which SCRIPT LOAD to the
+            # primaries would miss when a read lands on a replica.
+            if readonly:
+                call = client.eval_ro(script.source, len(keys), *argv)
+            else:
+                call = client.eval(script.source, len(keys), *argv)
+            return await cast(Awaitable[Any], call)

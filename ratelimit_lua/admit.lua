@@ -1,0 +1,237 @@
+#!lua
+--[[
+admit: the one atomic check before an upstream call. Validates the key and the account,
+binds or refuses the client IP, and (unless check_only) reserves the request's estimated
+cost against both rolling credit windows and the account's concurrency cap.
+
+Windows: one hash per window, fields "<bucket start ms>" -> milli-credits, plus "total"
+(sum of the bucket fields) and "head" (start of the oldest bucket). A charge made at t lands
+in bucket floor(t / B) * B and counts until bucket start + W + B, so the window never frees
+early; it frees at most one bucket (B) late.
+
+Clock: now_ms comes from the caller. On several gateway nodes their clocks must agree within
+a bucket or so; skew only shifts when capacity frees, it cannot double-count or lose credits.
+
+KEYS (all share the account's hash tag)
+  1 account hash   2 key hash   3 key ips hash   4 key denied zset
+  5 5-hour window hash   6 7-day window hash   7 inflight zset   8 reserved hash
+  9 events stream
+ARGV
+  1 now_ms              2 request_id (never "total")     3 estimate_mc (milli-credits)
+  4 ip_tag              5 check_only (0|1)               6 key_id (for the event log)
+  7 window_5h_ms        8 bucket_5h_ms                   9 window_7d_ms
+  10 bucket_7d_ms       11 reservation_ttl_ms            12 ip_deny_period_ms
+  13 ip_deny_threshold (distinct refused IPs)            14 events_maxlen (approximate)
+RETURNS a flat array, first element the outcome:
+  {"ok", ip_bound_now}                                  check_only
+  {"ok", ip_bound_now, used5, limit5, used7, limit7, reserved_total, in_flight}
+  {"revoked"}
+  {"quarantined", quarantined_now (0|1), reason}
+  {"no_plan", why ("missing"|"expired"|"zero_limit"|<account status>), period_end_ms}
+  {"ip_limit", bound_ips, ip_slots}
+  {"concurrency", in_flight, cap}
+  {"5h"|"7d", frees_at_ms, used, limit}
+  {"reserved", "5h"|"7d", used, reserved_total, limit}
+All amounts are milli-credits; all times are ms since the epoch.
+]]
+
+local now = tonumber(ARGV[1])
+local request_id = ARGV[2]
+local estimate = tonumber(ARGV[3])
+local ip = ARGV[4]
+local check_only = ARGV[5] == '1'
+local key_id = ARGV[6]
+local w5_ms, b5_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
+local w7_ms, b7_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
+local ttl_ms = tonumber(ARGV[11])
+local deny_period_ms = tonumber(ARGV[12])
+local deny_threshold = tonumber(ARGV[13])
+local events_maxlen = ARGV[14]
+
+-- Lua's default number formatting switches to exponents past 14 digits.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- 1. The key.
+local key = redis.call('HMGET', KEYS[2], 'status', 'quarantine_reason', 'extra_ip_slots')
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return {'revoked'}
+end
+local key_status = key[1] or 'active'
+if key_status == 'quarantined' then
+  return {'quarantined', 0, key[2] or ''}
+end
+if key_status ~= 'active' then
+  return {'revoked'}
+end
+
+-- 2. The account's plan snapshot.
+local acct = redis.call('HMGET', KEYS[1], 'status', 'period_end_ms', 'limit_5h', 'limit_7d',
+  'ip_slots', 'extra_ip_slots', 'concurrency')
+local period_end = tonumber(acct[2])
+if not acct[1] or not period_end then
+  return {'no_plan', 'missing', 0}
+end
+if acct[1] ~= 'active' then
+  return {'no_plan', acct[1], period_end}
+end
+if period_end <= now then
+  return {'no_plan', 'expired', period_end}
+end
+local limit5, limit7 = tonumber(acct[3]) or 0, tonumber(acct[4]) or 0
+if limit5 <= 0 or limit7 <= 0 then
+  return {'no_plan', 'zero_limit', period_end}
+end
+
+-- 3. The client IP. Binding inside the script makes two new IPs racing for the last slot
+-- resolve to exactly one winner.
+local bound_now = 0
+if redis.call('HEXISTS', KEYS[3], ip) == 0 then
+  local slots = (tonumber(acct[5]) or 0) + (tonumber(acct[6]) or 0) + (tonumber(key[3]) or 0)
+  local bound = redis.call('HLEN', KEYS[3])
+  if bound < slots then
+    redis.call('HSET', KEYS[3], ip, int(now))
+    bound_now = 1
+  else
+    redis.call('ZADD', KEYS[4], int(now), ip)
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', int(now - deny_period_ms))
+    redis.call('PEXPIRE', KEYS[4], deny_period_ms)
+    local denied = redis.call('ZCARD', KEYS[4])
+    if denied < deny_threshold then
+      return {'ip_limit', bound, slots}
+    end
+    -- Many distinct unbound IPs in a short time: the secret has most likely leaked.
+    local ips = redis.call('ZRANGE', KEYS[4], 0, -1)
+    local span = deny_period_ms % 60000 == 0 and (int(deny_period_ms / 60000) .. ' min')
+      or (int(deny_period_ms / 1000) .. ' s')
+    local reason = int(denied) .. ' distinct unbound IP addresses were refused within ' .. span
+      .. '; the key may have leaked'
+    redis.call('HSET', KEYS[2], 'status', 'quarantined', 'quarantine_reason', reason,
+      'quarantined_ms', int(now))
+    redis.call('XADD', KEYS[9], 'MAXLEN', '~', events_maxlen, '*', 'type', 'key_quarantined',
+      'key_id', key_id, 'at_ms', int(now), 'reason', reason, 'ips', table.concat(ips, ','))
+    redis.call('DEL', KEYS[4])
+    return {'quarantined', 1, reason}
+  end
+end
+
+-- 4. count_tokens / models: key and IP checks only, nothing reserved.
+if check_only then
+  return {'ok', bound_now}
+end
+
+-- 5. Drop buckets that have left their window; the running total is rebuilt from what stays.
+local function prune(wkey, window_ms, bucket_ms)
+  local hv = redis.call('HMGET', wkey, 'head', 'total')
+  local head, total = tonumber(hv[1]), tonumber(hv[2]) or 0
+  local cutoff = now - window_ms - bucket_ms
+  if head == nil or head > cutoff then
+    return total
+  end
+  local flat = redis.call('HGETALL', wkey)
+  local dead, new_head, kept = {}, nil, 0
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s then
+      if s <= cutoff then
+        dead[#dead + 1] = flat[i]
+      else
+        kept = kept + tonumber(flat[i + 1])
+        if new_head == nil or s < new_head then
+          new_head = s
+        end
+      end
+    end
+  end
+  if new_head == nil then
+    redis.call('DEL', wkey)
+    return 0
+  end
+  if #dead > 0 then
+    redis.call('HDEL', wkey, unpack(dead))
+  end
+  redis.call('HSET', wkey, 'head', int(new_head), 'total', int(kept))
+  return kept
+end
+
+local used5 = prune(KEYS[5], w5_ms, b5_ms)
+local used7 = prune(KEYS[6], w7_ms, b7_ms)
+
+-- Reservations whose request died without settling expire here (score = expiry ms).
+local expired = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', int(now))
+if #expired > 0 then
+  local amounts = redis.call('HMGET', KEYS[8], unpack(expired))
+  local freed = 0
+  for i = 1, #amounts do
+    freed = freed + (tonumber(amounts[i]) or 0)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', int(now))
+  redis.call('HDEL', KEYS[8], unpack(expired))
+  redis.call('HINCRBY', KEYS[8], 'total', int(-freed))
+end
+local in_flight = redis.call('ZCARD', KEYS[7])
+local reserved = 0
+if in_flight == 0 then
+  redis.call('DEL', KEYS[8])
+else
+  reserved = tonumber(redis.call('HGET', KEYS[8], 'total')) or 0
+end
+
+-- 6. Concurrency.
+local cap = tonumber(acct[7]) or 0
+if in_flight >= cap then
+  return {'concurrency', in_flight, cap}
+end
+
+-- 7. Windows. An estimate above a whole window counts as the whole window, so an empty
+-- window always admits one request instead of refusing it forever.
+local function frees_at(wkey, used, e, limit, window_ms, bucket_ms)
+  local flat = redis.call('HGETALL', wkey)
+  local starts, amount = {}, {}
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s then
+      starts[#starts + 1] = s
+      amount[s] = tonumber(flat[i + 1])
+    end
+  end
+  table.sort(starts)
+  local freed = 0
+  for _, s in ipairs(starts) do
+    freed = freed + amount[s]
+    if used - freed + e <= limit then
+      return s + window_ms + bucket_ms
+    end
+  end
+  return now
+end
+
+local e5, e7 = math.min(estimate, limit5), math.min(estimate, limit7)
+if used5 + e5 > limit5 then
+  return {'5h', frees_at(KEYS[5], used5, e5, limit5, w5_ms, b5_ms), used5, limit5}
+end
+if used7 + e7 > limit7 then
+  return {'7d', frees_at(KEYS[6], used7, e7, limit7, w7_ms, b7_ms), used7, limit7}
+end
+if used5 + reserved + e5 > limit5 then
+  return {'reserved', '5h', used5, reserved, limit5}
+end
+if used7 + reserved + e7 > limit7 then
+  return {'reserved', '7d', used7, reserved, limit7}
+end
+
+-- 8. Reserve. A repeated request id replaces its earlier reservation.
+local previous = tonumber(redis.call('HGET', KEYS[8], request_id))
+if previous then
+  reserved = reserved - previous
+  in_flight = in_flight - 1
+end
+reserved = reserved + estimate
+redis.call('ZADD', KEYS[7], int(now + ttl_ms), request_id)
+redis.call('HSET', KEYS[8], request_id, int(estimate), 'total', int(reserved))
+-- Every live reservation expires within ttl of the newest one, so idle accounts clean up.
+redis.call('PEXPIRE', KEYS[7], ttl_ms)
+redis.call('PEXPIRE', KEYS[8], ttl_ms)
+redis.call('HSET', KEYS[2], 'last_used_ms', int(now))
+return {'ok', bound_now, used5, limit5, used7, limit7, reserved, in_flight + 1}

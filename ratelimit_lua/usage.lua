@@ -1,0 +1,55 @@
+#!lua flags=no-writes
+--[[
+usage: read-only view of one account's credit windows and in-flight reservations, for the
+dashboard and the subscription-usage endpoint. Flagged no-writes so it runs through
+EVALSHA_RO, on replicas too. It prunes nothing: expired buckets and reservations are
+skipped here and removed by the next admit.
+
+Window layout and bucket rule: see admit.lua (a bucket counts until start + W + B).
+
+KEYS (all share the account's hash tag)
+  1 account hash   2 5-hour window hash   3 7-day window hash   4 inflight zset
+  5 reserved hash
+ARGV
+  1 now_ms   2 window_5h_ms   3 bucket_5h_ms   4 window_7d_ms   5 bucket_7d_ms
+RETURNS {used5, limit5, resets5, used7, limit7, resets7, reserved, in_flight}
+  used/limit/reserved in milli-credits; resets = ms when the oldest bucket still in the
+  window leaves it, -1 when the window is empty.
+]]
+
+local now = tonumber(ARGV[1])
+
+local function window(wkey, window_ms, bucket_ms)
+  local cutoff = now - window_ms - bucket_ms
+  local flat = redis.call('HGETALL', wkey)
+  local used, oldest = 0, nil
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s and s > cutoff then
+      used = used + tonumber(flat[i + 1])
+      if oldest == nil or s < oldest then
+        oldest = s
+      end
+    end
+  end
+  if oldest == nil then
+    return used, -1
+  end
+  return used, oldest + window_ms + bucket_ms
+end
+
+local limits = redis.call('HMGET', KEYS[1], 'limit_5h', 'limit_7d')
+local used5, resets5 = window(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]))
+local used7, resets7 = window(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+
+local live = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. string.format('%d', now), '+inf')
+local reserved = 0
+if #live > 0 then
+  local amounts = redis.call('HMGET', KEYS[5], unpack(live))
+  for i = 1, #amounts do
+    reserved = reserved + (tonumber(amounts[i]) or 0)
+  end
+end
+
+return {used5, tonumber(limits[1]) or 0, resets5, used7, tonumber(limits[2]) or 0, resets7,
+  reserved, #live}

@@ -1,0 +1,149 @@
+"""The scripts on a real 3-shard Valkey Cluster: every account's keys share one slot."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import valkey
+from valkey.asyncio.cluster import ValkeyCluster
+
+from gateway import errors, keyspace, plans
+from gateway.embedded_valkey import free_port, valkey_binary
+from gateway.keyspace import AccountKeys
+from gateway.limits import CreditLimiter
+from gateway.scripts import Scripts
+from tests.lua.conftest import FakeClock, make_account
+
+pytestmark = pytest.mark.cluster
+
+SHARDS = 3
+
+
+def _wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except valkey.ValkeyError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"cluster: {what} within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def cluster_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    server = valkey_binary()
+    cli = str(Path(server).with_name("valkey-cli"))
+    procs: list[subprocess.Popen[bytes]] = []
+    ports = [free_port() for _ in range(SHARDS)]
+    try:
+        for port in ports:
+            node_dir = tmp_path_factory.mktemp(f"cluster-{port}")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        server, "--port", str(port), "--bind", "127.0.0.1",
+                        "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                        "--cluster-config-file", str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout", "5000", "--dir", str(node_dir),
+                        "--save", "", "--appendonly", "no",
+                        "--logfile", str(node_dir / "valkey.log"),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )  # fmt: skip
+        for port in ports:
+            client = valkey.Valkey(port=port, socket_connect_timeout=0.2)
+            try:
+                _wait_for(client.ping, f"node {port} answers")
+            finally:
+                client.close()
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        for port in ports:
+            client = valkey.Valkey(port=port, decode_responses=True)
+            try:
+                _wait_for(lambda c=client: c.cluster("INFO")["cluster_state"] == "ok", "state ok")
+            finally:
+                client.close()
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def test_scripts_run_for_accounts_on_every_shard(cluster_ports: list[int]) -> None:
+    client = ValkeyCluster(host="127.0.0.1", port=cluster_ports[0], decode_responses=True)
+    try:
+        scripts = Scripts()
+        await scripts.load(client)
+        clock = FakeClock()
+        limiter = CreditLimiter(client, scripts, clock)
+        accounts = [uuid.uuid4().hex[:16] for _ in range(12)]
+        shards = {client.get_node_from_key(AccountKeys(a).account).name for a in accounts}
+        assert len(shards) == SHARDS  # 12 random tags spread over all three shards
+
+        for n, account_id in enumerate(accounts):
+            await make_account(client, account_id, limit_5h_mc=10_000, ip_slots=1)
+            await client.sadd(keyspace.ACCOUNTS, account_id)
+            await client.hset(AccountKeys(account_id).account, "plan", "pro")
+            request_id = f"req-{n}"
+            admission = await limiter.admit(
+                account_id=account_id, key_id="k1", ip_tag="ip-home",
+                request_id=request_id, estimate_mc=4000,
+            )  # fmt: skip
+            assert admission.ip_newly_bound and admission.in_flight == 1
+            await limiter.settle(
+                account_id=account_id, key_id="k1", request_id=request_id, cost_mc=9000,
+                record={"model": "claude-sonnet-4-6", "output_tokens": 10},
+            )  # fmt: skip
+            view = await limiter.usage(account_id)
+            assert (view.five_hour.used_mc, view.in_flight) == (9000, 0)
+            with pytest.raises(errors.RateLimited, match="5-hour usage limit reached"):
+                await limiter.admit(
+                    account_id=account_id, key_id="k1", ip_tag="ip-home",
+                    request_id="late", estimate_mc=4000,
+                )  # fmt: skip
+            with pytest.raises(errors.IpLimitReached):
+                await limiter.admit(
+                    account_id=account_id, key_id="k1", ip_tag="ip-away",
+                    request_id="away", estimate_mc=1, check_only=True,
+                )  # fmt: skip
+
+        # Every primary lost its script cache (a restart): calls reload transparently.
+        await client.script_flush()
+        for account_id in accounts:
+            await limiter.admit(
+                account_id=account_id, key_id="k1", ip_tag="ip-home",
+                request_id="after-flush", estimate_mc=1, check_only=True,
+            )  # fmt: skip
+            assert (await limiter.usage(account_id)).five_hour.used_mc == 9000
+
+        # A plan edit reaches every account on it, whichever shard holds it.
+        updated = await plans.set_plan(client, plans.Plan("pro", 50, 500, 2, 8, 30))
+        assert updated >= len(accounts)
+        for account_id in accounts:
+            assert await client.hget(AccountKeys(account_id).account, "limit_5h") == "50000"
+            admission = await limiter.admit(
+                account_id=account_id, key_id="k1", ip_tag="ip-home",
+                request_id="after-plan", estimate_mc=4000,
+            )  # fmt: skip
+            assert admission.limit_5h_mc == 50_000
+    finally:
+        await client.aclose()
