@@ -16,12 +16,12 @@ run: $(STAMP)
 	$(BIN)/antex serve --demo
 
 test: $(STAMP)
-	$(BIN)/ruff check gateway tests bench loadtests
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench loadtests
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -18,6 +18,7 @@ from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.observability import Metrics, configure_logging
+from gateway.openai_routes import OpenAIRoutes
 from gateway.pipeline import Pipeline, new_request_id
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
@@ -116,6 +117,7 @@ def create_app(settings: Settings) -> Application:
     res = Resources(settings)
     app.services.register(Resources, instance=res)
     anthropic = AnthropicRoutes(res.pipeline, res.upstream, res.valkey)
+    openai = OpenAIRoutes(res.pipeline, res.upstream)
 
     async def on_start(_: Application) -> None:
         await res.start()
@@ -157,6 +159,9 @@ def create_app(settings: Settings) -> Application:
     async def get_model(request: Request, model_id: str) -> Response:
         return await anthropic.get_model(request, model_id)
 
+    async def get_response(request: Request, response_id: str) -> Response:
+        return await openai.get_response(request, response_id)
+
     router = app.router
     router.add_get("/", root)
     router.add_head("/", root)
@@ -166,6 +171,9 @@ def create_app(settings: Settings) -> Application:
     router.add_post("/v1/messages/count_tokens", handler(anthropic.count_tokens))
     router.add_get("/v1/models", handler(anthropic.list_models))
     router.add_get("/v1/models/:model_id", get_model)
+    router.add_post("/v1/chat/completions", handler(openai.chat_completions))
+    router.add_post("/v1/responses", handler(openai.responses))
+    router.add_get("/v1/responses/:response_id", get_response)
     router.add_get("/v1/usage", handler(anthropic.usage))
     router.add_get("/api/oauth/usage", handler(anthropic.usage))
     router.fallback = not_found

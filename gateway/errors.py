@@ -5,7 +5,8 @@
     AntexError
     ├── InvalidRequest            invalid_request_error   400
     │   ├── PayloadTooLarge       payload_too_large       400
-    │   └── MaxTokensTooLarge     max_tokens_too_large    400
+    │   ├── MaxTokensTooLarge     max_tokens_too_large    400
+    │   └── PreviousResponseNotFound  previous_response_not_found  400
     ├── NotFound                  not_found_error         404
     ├── AuthenticationFailed      authentication_error    401
     ├── PermissionDenied          permission_error        403
@@ -39,6 +40,12 @@ class PayloadTooLarge(InvalidRequest):
 
 class MaxTokensTooLarge(InvalidRequest):
     code = "max_tokens_too_large"
+
+
+class PreviousResponseNotFound(InvalidRequest):
+    """The Responses API is served statelessly: there is never a stored response to continue."""
+
+    code = "previous_response_not_found"
 
 
 class NotFound(AntexError):

@@ -76,8 +76,10 @@ def openai_error(err: errors.AntexError) -> dict[str, Any]:
     # The product's own codes (payload_too_large, ip_limit_reached, ...) stay visible as `code`.
     kind = _OPENAI_TYPE.get(status, "api_error" if status < 503 else "service_unavailable")
     code = err.code if err.code not in _OPENAI_TYPE.values() else _OPENAI_CODE.get(err.code)
-    if err.code == "invalid_request_error":
-        code = None
+    if err.code == "invalid_request_error" or (
+        isinstance(err, errors.NotFound) and err.param != "model"
+    ):
+        code = None  # model_not_found only when it is the model that is missing
     return {"message": err.message, "type": kind, "code": code, "param": err.param}
 
 

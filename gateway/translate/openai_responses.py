@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, PreviousResponseNotFound
 from gateway.translate.common import (
     Block,
     Turns,
@@ -46,12 +46,6 @@ _CUSTOM_SCHEMA = {"type": "object", "properties": {"input": {"type": "string"}},
                   "required": ["input"]}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
-
-
-class PreviousResponseNotFound(InvalidRequest):
-    """Stateless gateway: there is never a stored response to continue from."""
-
-    code = "previous_response_not_found"
 
 
 @dataclass(frozen=True, slots=True)
