@@ -1,38 +1,59 @@
-"""Account and key administration over Valkey, shared by the CLI, admin API and dashboard.
-
-Keys are shown once: only ``create_key`` ever returns the full key, and only a bcrypt hash
-of its secret is stored.
+"""Account, key, IP-binding and quarantine administration over Valkey, shared by the CLI,
+the admin API and the dashboard. Keys are shown once: only ``create_key`` ever returns the
+full key; Valkey holds a bcrypt hash of its secret, and nothing here reads it back out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import valkey.asyncio as avalkey
 
-from gateway import keys, keyspace
+from gateway import keys, keyspace, netaddr
 from gateway.clock import system_clock
 from gateway.errors import InvalidRequest, NotFound
+from gateway.limits import CreditLimiter, rfc3339, usage_body
 from gateway.plans import account_plan_fields, get_plan
+from gateway.scripts import Scripts
 
 DAY_MS = 86_400_000
+EVENTS_MAXLEN = 100
+
+# Operator-only transitions; loaded lazily by EVALSHA's NOSCRIPT fallback, never on a hot path.
+_SCRIPTS = Scripts(("release_key",))
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _at(ms: int | None) -> str | None:
+    return rfc3339(ms) if ms else None
 
 
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
     key_id: str
     key: str  # the full key: shown to the customer once, never stored
+
+
+# ---------------------------------------------------------------- accounts
 
 
 def normalize_email(email: str) -> str:
@@ -60,34 +81,177 @@ async def require_account(client: avalkey.Valkey, email_or_id: str) -> str:
 
 
 async def create_account(
-    client: avalkey.Valkey, email: str, plan_name: str, *, now_ms: int | None = None
+    client: avalkey.Valkey, email: str, plan_name: str | None, *, now_ms: int | None = None
 ) -> str:
+    """A new account on ``plan_name`` for one plan period, or without a plan (None): it can
+    hold keys, and every request is refused until an operator assigns one."""
     email = normalize_email(email)
-    plan = await get_plan(client, plan_name)
-    if plan is None:
-        raise NotFound(f"no plan named {plan_name!r}")
+    plan = None
+    if plan_name is not None:
+        plan = await get_plan(client, plan_name)
+        if plan is None:
+            raise NotFound(f"no plan named {plan_name!r}")
     now = system_clock() if now_ms is None else now_ms
     account_id = secrets.token_hex(8)
     # SET NX on the email index makes concurrent creations of one email safe.
     if not await client.set(keyspace.email_key(email), account_id, nx=True):
         raise InvalidRequest(f"an account for {email} already exists")
-    fields = {
-        "email": email,
-        "created_ms": str(now),
-        "extra_ip_slots": "0",
-        **account_plan_fields(plan, now + plan.period_days * DAY_MS),
-    }
-    ak = keyspace.AccountKeys(account_id)
-    await client.hset(ak.account, mapping=fields)
+    fields = {"email": email, "created_ms": str(now), "extra_ip_slots": "0"}
+    if plan is not None:
+        fields |= account_plan_fields(plan, now + plan.period_days * DAY_MS)
+    await client.hset(keyspace.AccountKeys(account_id).account, mapping=fields)
     await client.sadd(keyspace.ACCOUNTS, account_id)
     return account_id
 
 
 async def get_account(client: avalkey.Valkey, account_id: str) -> dict[str, str]:
+    """The raw account hash, plus ``id``."""
     raw = await client.hgetall(keyspace.AccountKeys(account_id).account)
     if not raw:
         raise NotFound(f"no account {account_id!r}")
     return {"id": account_id, **_decode(raw)}
+
+
+def subscription(account: Mapping[str, str], now_ms: int) -> str:
+    """``active``, ``expired``, ``cancelled`` or ``none``: the same rule admit.lua applies."""
+    period_end = _int(account.get("period_end_ms"), -1)
+    if not account.get("status") or period_end < 0 or not account.get("plan"):
+        return "none"
+    if account["status"] != "active":
+        return account["status"]
+    return "expired" if period_end <= now_ms else "active"
+
+
+def account_view(account: Mapping[str, str], now_ms: int) -> dict[str, Any]:
+    """What operators see of an account: whole credits, typed fields, the live state."""
+    has_plan = bool(account.get("plan"))
+    period_end = _int(account.get("period_end_ms")) or None
+    return {
+        "id": account["id"],
+        "email": account.get("email"),
+        "plan": account.get("plan") or None,
+        "subscription": subscription(account, now_ms),
+        "period_end_ms": period_end,
+        "period_end": _at(period_end),
+        "credits_5h": _int(account.get("limit_5h")) // 1000 if has_plan else None,
+        "credits_7d": _int(account.get("limit_7d")) // 1000 if has_plan else None,
+        "ip_slots": _int(account.get("ip_slots")),
+        "extra_ip_slots": _int(account.get("extra_ip_slots")),
+        "concurrency": _int(account.get("concurrency")),
+        "created_ms": _int(account.get("created_ms")),
+        "created_at": _at(_int(account.get("created_ms"))),
+    }
+
+
+async def show_account(client: avalkey.Valkey, account_id: str, *, now_ms: int) -> dict[str, Any]:
+    view = account_view(await get_account(client, account_id), now_ms)
+    return {**view, "keys": await list_keys(client, account_id)}
+
+
+async def list_accounts(client: avalkey.Valkey, *, now_ms: int) -> list[dict[str, Any]]:
+    ids = sorted([_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=500)])
+    pipe = client.pipeline(transaction=False)
+    for account_id in ids:
+        pipe.hgetall(keyspace.AccountKeys(account_id).account)
+    views = [
+        account_view({"id": account_id, **_decode(raw)}, now_ms)
+        for account_id, raw in zip(ids, await pipe.execute(), strict=True)
+        if raw
+    ]
+    return sorted(views, key=lambda v: v["email"] or "")
+
+
+async def assign_plan(
+    client: avalkey.Valkey,
+    account_id: str,
+    plan_name: str,
+    *,
+    now_ms: int,
+    period_days: int | None = None,
+) -> dict[str, Any]:
+    """Puts the account on ``plan_name`` for a fresh period starting now (reactivates it)."""
+    plan = await get_plan(client, plan_name)
+    if plan is None:
+        raise NotFound(f"no plan named {plan_name!r}")
+    days = plan.period_days if period_days is None else _positive(period_days, "period_days")
+    await get_account(client, account_id)
+    ak = keyspace.AccountKeys(account_id)
+    await client.hset(ak.account, mapping=account_plan_fields(plan, now_ms + days * DAY_MS))
+    await client.hdel(ak.account, "cancelled_ms")
+    return account_view(await get_account(client, account_id), now_ms)
+
+
+async def extend_plan(
+    client: avalkey.Valkey, account_id: str, days: int, *, now_ms: int
+) -> dict[str, Any]:
+    """Adds ``days`` to the period (counted from now if it already ended); a cancelled
+    account becomes active again: an extension is a renewal."""
+    days = _positive(days, "days")
+    account = await get_account(client, account_id)
+    if not account.get("plan"):
+        raise InvalidRequest("the account has no plan to extend; assign one first")
+    end = max(_int(account.get("period_end_ms")), now_ms) + days * DAY_MS
+    ak = keyspace.AccountKeys(account_id)
+    await client.hset(ak.account, mapping={"period_end_ms": str(end), "status": "active"})
+    await client.hdel(ak.account, "cancelled_ms")
+    return account_view(await get_account(client, account_id), now_ms)
+
+
+async def cancel_plan(client: avalkey.Valkey, account_id: str, *, now_ms: int) -> dict[str, Any]:
+    """Ends the subscription now; admit.lua refuses the account's next request."""
+    account = await get_account(client, account_id)
+    if not account.get("plan"):
+        raise InvalidRequest("the account has no plan to cancel")
+    ak = keyspace.AccountKeys(account_id)
+    await client.hset(ak.account, mapping={"status": "cancelled", "cancelled_ms": str(now_ms)})
+    return account_view(await get_account(client, account_id), now_ms)
+
+
+def _positive(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequest(f"{name} must be a positive integer", param=name)
+    return value
+
+
+async def _add_slots(client: avalkey.Valkey, hash_key: str, n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n == 0:
+        raise InvalidRequest("slots to add must be a non-zero integer", param="add")
+    total = int(await client.hincrby(hash_key, "extra_ip_slots", n))
+    if total < 0:
+        # Removing more than were bought: undo. Operators are rare enough that the brief
+        # negative value in between (one slot fewer for a moment) is harmless.
+        await client.hincrby(hash_key, "extra_ip_slots", -n)
+        raise InvalidRequest(f"only {total - n} extra slots to remove", param="add")
+    return total
+
+
+async def add_account_ip_slots(client: avalkey.Valkey, account_id: str, n: int) -> int:
+    """Extra IP slots for every key of the account (negative ``n`` removes); the new total."""
+    await get_account(client, account_id)
+    return await _add_slots(client, keyspace.AccountKeys(account_id).account, n)
+
+
+# ---------------------------------------------------------------- keys
+
+
+def key_id_of(ref: str) -> str:
+    """A key id from what an operator pastes: the id, the display prefix ``sk_live_<id>_…``
+    or a full key (whose secret is dropped here and never echoed)."""
+    text = ref.strip()
+    if text.startswith(keys.KEY_PREFIX):
+        text = text[len(keys.KEY_PREFIX) :].partition("_")[0]
+    if not text.isalnum() or len(text) > 64:
+        raise InvalidRequest("not a key id")
+    return text
+
+
+async def find_key(client: avalkey.Valkey, key_ref: str) -> tuple[str, str]:
+    """``(account_id, key_id)`` of a key, looked up by its id alone."""
+    key_id = key_id_of(key_ref)
+    account_id = await client.get(keyspace.key_index(key_id))
+    if account_id is None:
+        raise NotFound(f"no key {key_id!r}")
+    return _s(account_id), key_id
 
 
 async def create_key(
@@ -120,20 +284,265 @@ async def create_key(
     return CreatedKey(key_id, full)
 
 
+def _key_view(
+    key_id: str, raw: Mapping[str, str], ips: Mapping[str, str], account: Mapping[str, str]
+) -> dict[str, Any]:
+    # Built field by field (never from the whole hash), so the bcrypt hash cannot leak out.
+    extra = _int(raw.get("extra_ip_slots"))
+    return {
+        "key_id": key_id,
+        "name": raw.get("name", ""),
+        "prefix": raw.get("prefix") or keys.display_prefix(key_id),
+        "status": raw.get("status", "active"),
+        "quarantine_reason": raw.get("quarantine_reason") or None,
+        "quarantined_ms": _int(raw.get("quarantined_ms")) or None,
+        "created_ms": _int(raw.get("created_ms")),
+        "last_used_ms": _int(raw.get("last_used_ms")) or None,
+        "bound_ips": sorted(ips),
+        "extra_ip_slots": extra,
+        "ip_slots": _int(account.get("ip_slots")) + _int(account.get("extra_ip_slots")) + extra,
+    }
+
+
 async def list_keys(client: avalkey.Valkey, account_id: str) -> list[dict[str, Any]]:
+    """The account's keys: id, name, prefix, status, times, bound IPs and slots; no secret."""
     ak = keyspace.AccountKeys(account_id)
-    out = []
-    for key_id in sorted(_s(k) for k in await client.smembers(ak.keys)):
-        raw = _decode(await client.hgetall(ak.key(key_id)))
-        raw.pop("hash", None)  # never leaves Valkey
-        ips = _decode(await client.hgetall(ak.key_ips(key_id)))
-        out.append({"key_id": key_id, **raw, "bound_ips": sorted(ips)})
-    return out
+    key_ids = sorted(_s(k) for k in await client.smembers(ak.keys))
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(ak.account)
+    for key_id in key_ids:
+        pipe.hgetall(ak.key(key_id))
+        pipe.hgetall(ak.key_ips(key_id))
+    account, *rest = await pipe.execute()
+    acct = _decode(account)
+    return [
+        _key_view(key_id, _decode(rest[2 * i]), _decode(rest[2 * i + 1]), acct)
+        for i, key_id in enumerate(key_ids)
+        if rest[2 * i]
+    ]
 
 
-async def revoke_key(client: avalkey.Valkey, account_id: str, key_id: str) -> None:
+async def get_key(client: avalkey.Valkey, account_id: str, key_id: str) -> dict[str, Any]:
+    ak = keyspace.AccountKeys(account_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(ak.account)
+    pipe.hgetall(ak.key(key_id))
+    pipe.hgetall(ak.key_ips(key_id))
+    account, raw, ips = await pipe.execute()
+    if not raw or not await client.sismember(ak.keys, key_id):
+        raise NotFound(f"no key {key_id!r} on this account")
+    return {
+        "account_id": account_id,
+        **_key_view(key_id, _decode(raw), _decode(ips), _decode(account)),
+    }
+
+
+async def _event(client: avalkey.Valkey, account_id: str, kind: str, **fields: str) -> None:
+    await client.xadd(
+        keyspace.AccountKeys(account_id).events,
+        {"type": kind, **fields},
+        maxlen=EVENTS_MAXLEN,
+        approximate=True,
+    )
+
+
+async def revoke_key(
+    client: avalkey.Valkey, account_id: str, key_id: str, *, now_ms: int | None = None
+) -> None:
+    """Refused from the next request on, on every worker: admit.lua reads the status on each
+    request, and the published id drops the key from every worker's auth cache."""
     ak = keyspace.AccountKeys(account_id)
     if not await client.sismember(ak.keys, key_id):
         raise NotFound(f"no key {key_id!r} on this account")
-    await client.hset(ak.key(key_id), "status", "revoked")
+    now = system_clock() if now_ms is None else now_ms
+    await client.hset(ak.key(key_id), mapping={"status": "revoked", "revoked_ms": str(now)})
     await client.publish(keyspace.INVALIDATE_CHANNEL, key_id)
+    await client.zrem(keyspace.QUARANTINE_INDEX, f"{account_id}:{key_id}")
+    await _event(client, account_id, "key_revoked", key_id=key_id, at_ms=str(now))
+
+
+async def release_key(
+    client: avalkey.Valkey, account_id: str, key_id: str, *, now_ms: int | None = None
+) -> dict[str, Any]:
+    """Lifts a quarantine; a key that is not quarantined (active, revoked) is refused."""
+    ak = keyspace.AccountKeys(account_id)
+    if not await client.sismember(ak.keys, key_id):
+        raise NotFound(f"no key {key_id!r} on this account")
+    now = system_clock() if now_ms is None else now_ms
+    raw = await _SCRIPTS.call(
+        client,
+        "release_key",
+        [ak.key(key_id), ak.key_denied(key_id), ak.key_failures(key_id), ak.events],
+        [now, key_id, EVENTS_MAXLEN],
+    )
+    outcome = _s(raw[0])
+    if outcome == "missing":
+        raise NotFound(f"no key {key_id!r} on this account")
+    if outcome != "released":
+        raise InvalidRequest(f"key {key_id} is {outcome}, not quarantined")
+    await client.zrem(keyspace.QUARANTINE_INDEX, f"{account_id}:{key_id}")
+    return await get_key(client, account_id, key_id)
+
+
+# ---------------------------------------------------------------- IP bindings
+
+
+def ip_tag_of(text: str) -> str:
+    """The binding tag of an address an operator typed: IPv4 as is, IPv6 by its /64."""
+    text = text.strip()
+    try:
+        if "/" in text:
+            net = ipaddress.ip_network(text, strict=False)
+            return netaddr.ip_tag(net.network_address) if net.version == 6 else str(net)
+        return netaddr.ip_tag(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidRequest(f"not an IP address: {text!r}", param="ip") from None
+
+
+async def list_ips(client: avalkey.Valkey, account_id: str, key_id: str) -> dict[str, Any]:
+    key = await get_key(client, account_id, key_id)
+    bound = _decode(await client.hgetall(keyspace.AccountKeys(account_id).key_ips(key_id)))
+    entries = [
+        {"ip": ip, "bound_ms": _int(ms), "bound_at": _at(_int(ms))}
+        for ip, ms in sorted(bound.items(), key=lambda kv: (_int(kv[1]), kv[0]))
+    ]
+    return {
+        "key_id": key_id,
+        "account_id": account_id,
+        "ip_slots": key["ip_slots"],
+        "bound": entries,
+    }
+
+
+async def unbind_ips(
+    client: avalkey.Valkey,
+    account_id: str,
+    key_id: str,
+    ip: str | None,
+    *,
+    now_ms: int | None = None,
+) -> list[str]:
+    """Frees one bound IP (``ip``) or all of them (None); the next new IP binds again."""
+    await get_key(client, account_id, key_id)
+    ips_key = keyspace.AccountKeys(account_id).key_ips(key_id)
+    if ip is None:
+        removed = sorted(_s(t) for t in await client.hkeys(ips_key))
+        await client.delete(ips_key)
+    else:
+        tag = ip.strip() if await client.hexists(ips_key, ip.strip()) else ip_tag_of(ip)
+        if not await client.hdel(ips_key, tag):
+            raise NotFound(f"{tag} is not bound to key {key_id}")
+        removed = [tag]
+    if removed:
+        now = system_clock() if now_ms is None else now_ms
+        await _event(
+            client, account_id, "ip_unbound", key_id=key_id, at_ms=str(now), ips=",".join(removed)
+        )
+    return removed
+
+
+async def add_key_ip_slots(client: avalkey.Valkey, account_id: str, key_id: str, n: int) -> int:
+    """Extra IP slots for one key (negative ``n`` removes); the key's new extra total."""
+    await get_key(client, account_id, key_id)
+    return await _add_slots(client, keyspace.AccountKeys(account_id).key(key_id), n)
+
+
+# ---------------------------------------------------------------- quarantine and events
+
+
+# Stream fields that are counts or flags (the rest of the names say so by their suffix).
+_INT_FIELDS = frozenset({"status", "stream", "disconnected", "cache_write_5m", "cache_write_1h"})
+
+
+def _entry(entry_id: Any, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": _s(entry_id), **_decode(fields)}
+    for name in list(out):
+        if name.endswith(("_ms", "_tokens", "_mc")) or name in _INT_FIELDS:
+            out[name] = _int(out[name])
+    if "at_ms" in out:
+        out["at"] = _at(out["at_ms"])
+    if "ips" in out:
+        out["ips"] = [ip for ip in str(out["ips"]).split(",") if ip]
+    return out
+
+
+async def account_events(
+    client: avalkey.Valkey, account_id: str, count: int = 50
+) -> list[dict[str, Any]]:
+    """Security events, newest first: quarantines, releases, revocations, unbindings."""
+    await get_account(client, account_id)
+    rows = await client.xrevrange(keyspace.AccountKeys(account_id).events, count=count)
+    return [_entry(entry_id, fields) for entry_id, fields in rows]
+
+
+async def list_quarantined(
+    client: avalkey.Valkey, account_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Keys in quarantine, newest first: from the global index, or one account's keys."""
+    if account_id is not None:
+        listed = await list_keys(client, account_id)
+        email = (await get_account(client, account_id)).get("email")
+        found = [
+            {"account_id": account_id, "email": email, **k}
+            for k in listed
+            if k["status"] == "quarantined"
+        ]
+        return sorted(found, key=lambda k: -(k["quarantined_ms"] or 0))
+    out = []
+    for member, _score in await client.zrevrange(keyspace.QUARANTINE_INDEX, 0, -1, withscores=True):
+        owner, _, key_id = _s(member).partition(":")
+        try:
+            key = await get_key(client, owner, key_id)
+        except NotFound:
+            key = {"status": "missing"}
+        if key["status"] != "quarantined":
+            # Released or revoked since, or deleted: the index is only a pointer.
+            await client.zrem(keyspace.QUARANTINE_INDEX, _s(member))
+            continue
+        email = await client.hget(keyspace.AccountKeys(owner).account, "email")
+        out.append({**key, "email": _s(email) if email is not None else None})
+    return out
+
+
+# ---------------------------------------------------------------- usage
+
+
+async def recent_requests(
+    client: avalkey.Valkey, account_id: str, count: int = 20
+) -> list[dict[str, Any]]:
+    """The account's request log, newest first: usage metadata only."""
+    rows = await client.xrevrange(keyspace.AccountKeys(account_id).log, count=count)
+    out = []
+    for entry_id, fields in rows:
+        entry = _entry(entry_id, fields)
+        if "at_ms" not in entry:  # written by the gateway's clock; the entry id is Valkey's
+            entry["at_ms"] = _int(entry["id"].partition("-")[0])
+            entry["at"] = _at(entry["at_ms"])
+        out.append(entry)
+    return out
+
+
+async def usage_report(
+    client: avalkey.Valkey, limiter: CreditLimiter, account_id: str, *, requests: int = 20
+) -> dict[str, Any]:
+    """The customer's view (percentages, reset times) plus the operator's: credits used."""
+    account = await get_account(client, account_id)
+    view = await limiter.usage(account_id)
+    period_end = _int(account.get("period_end_ms")) or None
+    return {
+        "account_id": account_id,
+        "email": account.get("email"),
+        "usage": usage_body(view, account.get("plan") or None, period_end),
+        "credits": {
+            "five_hour": {
+                "used": view.five_hour.used_mc / 1000,
+                "limit": view.five_hour.limit_mc // 1000,
+            },
+            "seven_day": {
+                "used": view.seven_day.used_mc / 1000,
+                "limit": view.seven_day.limit_mc // 1000,
+            },
+            "reserved": view.five_hour.reserved_mc / 1000,
+        },
+        "recent_requests": await recent_requests(client, account_id, requests),
+    }

@@ -11,7 +11,7 @@ from typing import Any
 import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
 
-from gateway import errors, wire
+from gateway import admin_api, errors, wire
 from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
@@ -58,7 +58,13 @@ class Resources:
             self.valkey,
             self.scripts,
             make_clock(settings.clock_file),
-            LimiterSettings(reserve_output_cap=max(1, settings.reserve_output_cap)),
+            LimiterSettings(
+                reserve_output_cap=max(1, settings.reserve_output_cap),
+                ip_quarantine_count=settings.quarantine_ip_count,
+                ip_quarantine_period_ms=settings.quarantine_ip_period_s * 1000,
+                failure_quarantine_count=settings.quarantine_failures,
+                failure_quarantine_period_ms=settings.quarantine_failure_period_s * 1000,
+            ),
         )
         self.auth = Authenticator(
             self.valkey,
@@ -177,6 +183,7 @@ def create_app(settings: Settings) -> Application:
     router.add_get("/v1/usage", handler(anthropic.usage))
     router.add_get("/api/oauth/usage", handler(anthropic.usage))
     router.fallback = not_found
+    admin_api.register(app, res)  # /admin/... (operator token) and /openapi.json
     return app
 
 

@@ -85,6 +85,11 @@ class Settings:
     # Test hook: a file holding a millisecond offset added to the wall clock.
     clock_file: Path | None = None
     reserve_output_cap: int = 8192
+    # Auto-quarantine: distinct refused (unbound) IPs within a period, wrong secrets within one.
+    quarantine_ip_count: int = 3
+    quarantine_ip_period_s: int = 600
+    quarantine_failures: int = 20
+    quarantine_failure_period_s: int = 300
     simulator_port: int = 8090
     public_url: str | None = None
     smtp_url: str | None = None
@@ -118,6 +123,10 @@ class Settings:
             log_format=_choice(e, "ANTEX_LOG_FORMAT", "text", ("text", "json")),
             clock_file=Path(clock_file) if clock_file else None,
             reserve_output_cap=_int(e, "ANTEX_RESERVE_OUTPUT_TOKENS", 8192, 0),
+            quarantine_ip_count=_int(e, "ANTEX_QUARANTINE_IPS", 3, 1),
+            quarantine_ip_period_s=_int(e, "ANTEX_QUARANTINE_IPS_PERIOD", 600, 1),
+            quarantine_failures=_int(e, "ANTEX_QUARANTINE_FAILURES", 20, 1),
+            quarantine_failure_period_s=_int(e, "ANTEX_QUARANTINE_FAILURES_PERIOD", 300, 1),
             simulator_port=_int(e, "ANTEX_SIMULATOR_PORT", 8090, 0),
             public_url=(e.get("ANTEX_PUBLIC_URL") or "").rstrip("/") or None,
             smtp_url=e.get("ANTEX_SMTP_URL") or None,

@@ -20,6 +20,7 @@ from gateway import errors
 from gateway.auth import AuthedKey
 from gateway.pipeline import Pipeline, Ticket, asgi_content, new_request_id
 from gateway.proxy import (
+    OPENAI_CLIENT_HEADERS,
     StreamState,
     Upstream,
     read_body,
@@ -202,7 +203,9 @@ class OpenAIRoutes:
         )  # fmt: skip
 
     async def _post(self, request: Request, ticket: Ticket) -> aiohttp.ClientResponse:
-        headers = upstream_headers(request.scope["headers"], self.upstream.key)
+        headers = upstream_headers(
+            request.scope["headers"], self.upstream.key, OPENAI_CLIENT_HEADERS
+        )
         try:
             return await self.upstream.post("/v1/messages", ticket.body, headers)
         except errors.UpstreamFailed:

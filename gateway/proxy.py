@@ -36,13 +36,23 @@ _KEEP_RESPONSE = frozenset(
 )
 
 
+# On translated routes the client speaks OpenAI's protocol: its own headers (Codex's turn
+# metadata carries local paths and session ids) mean nothing to an Anthropic upstream.
+OPENAI_CLIENT_HEADERS = (
+    "x-codex-", "x-openai-", "openai-", "originator", "session_id", "chatgpt-account-id",
+    "x-stainless-", "user-agent",
+)  # fmt: skip
+
+
 def upstream_headers(
-    client_headers: Iterable[tuple[bytes, bytes]], upstream_key: str
+    client_headers: Iterable[tuple[bytes, bytes]],
+    upstream_key: str,
+    drop_prefixes: tuple[str, ...] = (),
 ) -> dict[str, str]:
     out: dict[str, str] = {}
     for raw_name, raw_value in client_headers:
         name = raw_name.decode("latin-1").lower()
-        if name in _DROP_REQUEST:
+        if name in _DROP_REQUEST or (drop_prefixes and name.startswith(drop_prefixes)):
             continue
         value = raw_value.decode("latin-1")
         # anthropic-beta may arrive as several header lines: keep every value verbatim.

@@ -11,6 +11,7 @@ import valkey
 
 from gateway.embedded_valkey import EmbeddedValkey
 from tests.integration.conftest import Customer, Stack
+from tests.integration.ops_helpers import Admin, cli, send
 
 
 def files_containing(roots: list[Path], needles: list[bytes]) -> list[str]:
@@ -70,3 +71,41 @@ def test_canary_prompt_and_key_are_nowhere_on_disk(
         dump = client.dump(name) or b""
         assert canary.encode() not in dump and secret.encode() not in dump, name
     client.close()
+
+
+def test_operator_surfaces_never_show_a_key_or_token_again(
+    stack: Stack, valkey_server: EmbeddedValkey, logs_dir: Path
+) -> None:
+    email = f"priv-{uuid.uuid4().hex[:8]}@example.test"
+    assert cli(stack, "account", "create", email).code == 0
+    cli_key = cli(stack, "key", "create", email).out.strip()
+    token = cli(stack, "admin-token", "create").out.strip()
+    admin = Admin(stack, token)
+    api_key = admin.post(f"/admin/accounts/{email}/keys", {"name": "api"}, status=201)["key"]
+    for key in (cli_key, api_key):
+        assert send(stack, key).status_code == 200
+    key_id = cli_key.split("_")[2]
+    outputs = [
+        cli(stack, *args).out
+        for base in (
+            ("key", "list", email), ("account", "show", email), ("account", "list"),
+            ("ip", "list", key_id), ("quarantine", "list", "--account", email),
+            ("usage", email), ("admin-token", "list"),
+        )
+        for args in (base, (*base, "--json"))
+    ]  # fmt: skip
+    paths = ("", "/keys", "/usage", "/events")
+    outputs += [orjson.dumps(admin.get(f"/admin/accounts/{email}{p}")).decode() for p in paths]
+    for path in (f"/admin/keys/{key_id}", f"/admin/keys/{key_id}/ips", "/admin/quarantine"):
+        outputs.append(orjson.dumps(admin.get(path)).decode())
+    admin.close()
+    secrets = [k.rsplit("_", 1)[1] for k in (cli_key, api_key)] + [token]
+    assert [s[:8] for s in secrets if any(s in out for out in outputs)] == []
+    client = valkey.Valkey.from_url(stack.valkey_url)
+    client.save()
+    for name in client.scan_iter(count=1000):
+        dump = client.dump(name) or b""
+        assert not any(s.encode() in dump for s in secrets), name
+    client.close()
+    needles = [s.encode() for s in secrets]
+    assert files_containing([logs_dir, stack.data_dir, valkey_server.data_dir], needles) == []

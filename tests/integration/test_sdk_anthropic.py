@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anthropic
 import openai
 import pytest
@@ -23,13 +25,15 @@ TOOLS: list[anthropic.types.ToolParam] = [
 
 
 @pytest.fixture
-def via(stack: Stack, customer: Customer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.url, api_key=customer.key, max_retries=0)
+def via(stack: Stack, customer: Customer) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=stack.url, api_key=customer.key, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def direct(stack: Stack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.sim_url, api_key=UPSTREAM_KEY, max_retries=0)
+def direct(stack: Stack) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=stack.sim_url, api_key=UPSTREAM_KEY, max_retries=0) as client:
+        yield client
 
 
 def test_non_stream_message_usage_equals_upstream(
