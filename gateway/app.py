@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
 from gateway.config import Settings
+from gateway.dashboard import routes as dashboard
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.observability import Metrics, configure_logging
 from gateway.openai_routes import OpenAIRoutes
@@ -184,6 +185,7 @@ def create_app(settings: Settings) -> Application:
     router.add_get("/api/oauth/usage", handler(anthropic.usage))
     router.fallback = not_found
     admin_api.register(app, res)  # /admin/... (operator token) and /openapi.json
+    dashboard.register(app, res)  # /dashboard/... (customer pages, cookie sessions)
     return app
 
 
