@@ -11,7 +11,7 @@ from typing import Any
 import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
 
-from gateway import admin_api, errors, wire
+from gateway import admin_api, errors, observability, wire
 from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
@@ -184,6 +184,7 @@ def create_app(settings: Settings) -> Application:
     router.add_get("/v1/usage", handler(anthropic.usage))
     router.add_get("/api/oauth/usage", handler(anthropic.usage))
     router.fallback = not_found
+    observability.register(app, res)  # GET /metrics and the counters' hooks
     admin_api.register(app, res)  # /admin/... (operator token) and /openapi.json
     dashboard.register(app, res)  # /dashboard/... (customer pages, cookie sessions)
     return app

@@ -33,6 +33,11 @@ class AuthedKey:
 
 
 BadSecretHook = Callable[[str, str, str], Awaitable[None]]
+CacheLookupHook = Callable[[bool], None]
+
+
+def _ignore_lookup(hit: bool) -> None:
+    return None
 
 
 class Authenticator:
@@ -57,6 +62,8 @@ class Authenticator:
         self._on_bad_secret = on_bad_secret
         self.hits = 0
         self.misses = 0
+        # Called with hit=True/False on every lookup; observability counts them per worker.
+        self.on_cache_lookup: CacheLookupHook = _ignore_lookup
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -68,8 +75,10 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None:
             self.hits += 1
+            self.on_cache_lookup(True)
             return cached
         self.misses += 1
+        self.on_cache_lookup(False)
         if digest in self._rejected:
             raise AuthenticationFailed(_INVALID)
         if self._failures.get(ip_tag, 0) >= self._failures_limit:

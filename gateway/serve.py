@@ -21,6 +21,7 @@ from gateway import accounts, keyspace
 from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.errors import ConfigError
+from gateway.observability import fresh_metrics_dir
 from gateway.plans import list_plans
 
 log = logging.getLogger("antex.serve")
@@ -135,6 +136,8 @@ def serve(settings: Settings, *, demo: bool = False) -> None:
                 "built-in simulator at %s, not from Claude. Set ANTEX_UPSTREAM_KEY for real use.",
                 url,
             )
+        # Workers pick multiprocess metrics from this variable: set it before they fork.
+        env_updates["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(Path(settings.data_dir)))
         os.environ.update(env_updates)
         settings = Settings.from_env(os.environ)
         demo_key = asyncio.run(_prepare(settings, demo))
