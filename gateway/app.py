@@ -24,6 +24,7 @@ from gateway.pipeline import Pipeline, new_request_id
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
 from gateway.scripts import Scripts
+from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")
 
@@ -48,7 +49,7 @@ class Resources:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.valkey = avalkey.Valkey.from_url(
+        self.valkey = open_client(
             settings.valkey_url or "", max_connections=512, health_check_interval=30
         )
         self.scripts = Scripts()
@@ -89,7 +90,10 @@ class Resources:
             self.ready = True
         await self.upstream.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._listen()))
+        # Cluster pub/sub is per shard; the admit script checks key status on every request
+        # anyway, so on Cluster cached keys simply age out.
+        if not is_cluster(self.settings.valkey_url or ""):
+            self._tasks.append(loop.create_task(self._listen()))
 
     async def _listen(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from cachetools import TTLCache
 
 from gateway import keys, keyspace
 from gateway.errors import AuthenticationFailed
+from gateway.scripts import fail_closed
 
 log = logging.getLogger("antex.auth")
 
@@ -109,12 +110,14 @@ class Authenticator:
         parsed = keys.parse_key(presented)
         if parsed is None:
             return None
-        account_id = await self._client.get(keyspace.key_index(parsed.key_id))
+        with fail_closed():
+            account_id = await self._client.get(keyspace.key_index(parsed.key_id))
         if account_id is None:
             return None  # unknown key ids never reach bcrypt
         account = account_id.decode() if isinstance(account_id, bytes) else str(account_id)
         record = keyspace.AccountKeys(account)
-        hashed, status = await self._client.hmget(record.key(parsed.key_id), ["hash", "status"])
+        with fail_closed():
+            hashed, status = await self._client.hmget(record.key(parsed.key_id), ["hash", "status"])
         if hashed is None or status in (b"revoked", "revoked"):
             return None
         hashed_text = hashed.decode() if isinstance(hashed, bytes) else str(hashed)

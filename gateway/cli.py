@@ -26,6 +26,7 @@ from gateway.errors import AntexError, InvalidRequest
 from gateway.limits import CreditLimiter, rfc3339
 from gateway.plans import Plan, get_plan, list_plans, set_plan
 from gateway.scripts import Scripts
+from gateway.valkey_client import open_client
 
 Command = Callable[[avalkey.Valkey, argparse.Namespace, Settings], Awaitable[Any]]
 _COMMANDS: dict[tuple[str, str], Command] = {}
@@ -49,7 +50,7 @@ async def admin_valkey(settings: Settings) -> AsyncIterator[avalkey.Valkey]:
         if url is None:
             url = await asyncio.to_thread(candidate.start)
             embedded = candidate
-    client = avalkey.Valkey.from_url(url, decode_responses=True)
+    client = open_client(url, decode_responses=True)
     try:
         yield client
     finally:

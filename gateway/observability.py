@@ -227,15 +227,15 @@ class Metrics:
         route: str,
         status: int,
         model: str,
-        latency_ms: int,
-        ttfb_ms: int,
+        latency_s: float,
+        ttfb_s: float,
         usage: Usage,
         cost_mc: int,
     ) -> None:
         s = self._series.get((route, status, model)) or self._new_series(route, status, model)
         s.requests.inc()
-        s.latency.observe(latency_ms / 1000)
-        s.ttfb.observe(ttfb_ms / 1000)
+        s.latency.observe(latency_s)
+        s.ttfb.observe(ttfb_s)
         # Every inc is a locked mmap write: skip the zeros.
         if usage.input_tokens:
             s.input.inc(usage.input_tokens)

@@ -206,8 +206,9 @@ class Pipeline:
         """Bills what the upstream reported and records metadata; never blocks the response."""
         billed = Usage.from_anthropic(usage)
         cost = cost_mc(billed, ticket.model.rates)
-        latency_ms = int((time.perf_counter() - ticket.started) * 1000)
-        ttfb_ms = int(ticket.ttfb * 1000) if ticket.ttfb is not None else latency_ms
+        latency_s = time.perf_counter() - ticket.started
+        ttfb_s = ticket.ttfb if ticket.ttfb is not None else latency_s
+        latency_ms, ttfb_ms = int(latency_s * 1000), int(ttfb_s * 1000)
         record: dict[str, Any] = {
             "model": ticket.model.id,
             "route": ticket.route,
@@ -230,7 +231,7 @@ class Pipeline:
         if outcome != "ok":
             record["error_type"] = outcome
         self.metrics.request_done(
-            ticket.route, status, ticket.model.id, latency_ms, ttfb_ms, billed, cost
+            ticket.route, status, ticket.model.id, latency_s, ttfb_s, billed, cost
         )
         access_log(ticket.request_id, ticket.authed.account_id, record)
         task = asyncio.get_running_loop().create_task(self._settle(ticket, cost, record))

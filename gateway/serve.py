@@ -15,14 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import valkey.asyncio as avalkey
-
 from gateway import accounts, keyspace
 from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.errors import ConfigError
 from gateway.observability import fresh_metrics_dir
 from gateway.plans import list_plans
+from gateway.valkey_client import open_client
 
 log = logging.getLogger("antex.serve")
 
@@ -64,7 +63,7 @@ def start_simulator(port: int) -> tuple[subprocess.Popen[bytes], str]:
 
 async def _prepare(settings: Settings, demo: bool) -> str | None:
     """Seeds plans; with ``demo``, makes the demo account and returns a new key once."""
-    client = avalkey.Valkey.from_url(settings.valkey_url or "")
+    client = open_client(settings.valkey_url or "")
     try:
         await list_plans(client)  # seeds the shipped plans on first use
         if not demo:

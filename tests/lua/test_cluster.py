@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import uuid
@@ -95,9 +96,16 @@ async def test_scripts_run_for_accounts_on_every_shard(cluster_ports: list[int])
         await scripts.load(client)
         clock = FakeClock()
         limiter = CreditLimiter(client, scripts, clock)
-        accounts = [uuid.uuid4().hex[:16] for _ in range(12)]
+        # Draw random account ids until every shard owns at least two of them.
+        per_shard: dict[str, list[str]] = {}
+        while len(per_shard) < SHARDS or min(len(v) for v in per_shard.values()) < 2:
+            a = uuid.uuid4().hex[:16]
+            per_shard.setdefault(client.get_node_from_key(AccountKeys(a).account).name, []).append(
+                a
+            )
+        accounts = [a for ids in per_shard.values() for a in ids[:4]]
         shards = {client.get_node_from_key(AccountKeys(a).account).name for a in accounts}
-        assert len(shards) == SHARDS  # 12 random tags spread over all three shards
+        assert len(shards) == SHARDS
 
         for n, account_id in enumerate(accounts):
             await make_account(client, account_id, limit_5h_mc=10_000, ip_slots=1)
@@ -147,3 +155,60 @@ async def test_scripts_run_for_accounts_on_every_shard(cluster_ports: list[int])
             assert admission.limit_5h_mc == 50_000
     finally:
         await client.aclose()
+
+
+def _spawn(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, cwd=cwd, env=env)
+
+
+@pytest.mark.cluster
+async def test_gateway_serves_and_bills_on_the_cluster(
+    cluster_ports: list[int], tmp_path: Path
+) -> None:
+    """The whole gateway, not only the scripts, on a valkey+cluster:// URL."""
+    import sys
+
+    import httpx
+    import orjson
+
+    from gateway import accounts
+    from gateway.embedded_valkey import free_port
+    from gateway.valkey_client import open_client
+    from tests.integration.conftest import ROOT, gateway_env, stop, wait_http
+
+    url = f"valkey+cluster://127.0.0.1:{cluster_ports[0]}"
+    admin = open_client(url)
+    try:
+        from gateway.plans import list_plans
+
+        await list_plans(admin)
+        account_id = await accounts.create_account(admin, f"{uuid.uuid4().hex}@c.test", "pro")
+        created = await accounts.create_key(admin, account_id, "c", rounds=4)
+    finally:
+        await admin.aclose()
+
+    sim_port, port = free_port(), free_port()
+    sim = _spawn([sys.executable, "-m", "gateway.simulator", "--port", str(sim_port)], ROOT)
+    (tmp_path / "clock").write_text("0")
+    env = gateway_env(url, f"http://127.0.0.1:{sim_port}", tmp_path, port, ANTEX_WORKERS="1")
+    proc = _spawn([sys.executable, "-m", "gateway", "serve"], ROOT, env)
+    try:
+        wait_http(f"http://127.0.0.1:{sim_port}/_sim/stats", sim, "simulator")
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, "gateway")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 20,
+                    "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+            resp = await http.post(
+                "/v1/messages", content=orjson.dumps(body), headers={"x-api-key": created.key}
+            )
+            assert resp.status_code == 200, resp.text
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:  # settle runs after the response: poll until it lands
+                usage = (await http.get("/v1/usage", headers={"x-api-key": created.key})).json()
+                if usage["five_hour"]["utilization"] > 0 or usage["five_hour"]["resets_at"]:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, usage
+                await asyncio.sleep(0.05)
+    finally:
+        stop(proc)
+        stop(sim)
