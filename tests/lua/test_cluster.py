@@ -157,7 +157,9 @@ async def test_scripts_run_for_accounts_on_every_shard(cluster_ports: list[int])
         await client.aclose()
 
 
-def _spawn(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=cwd, env=env)
 
 
