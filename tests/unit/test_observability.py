@@ -30,8 +30,8 @@ def test_without_a_multiprocess_dir_the_registry_is_the_process_own(
     metrics = Metrics()
     usage = Usage(input_tokens=10, cache_creation_input_tokens=4, cache_write_5m=4,
                   cache_read_input_tokens=3, output_tokens=5)  # fmt: skip
-    metrics.request_done("messages", 200, "m", 40, 3, usage, 70)
-    metrics.request_done("messages", 200, "m", 2_000, 900, usage, 70)
+    metrics.request_done("messages", 200, "m", 0.040, 0.003, usage, 70)
+    metrics.request_done("messages", 200, "m", 2.0, 0.9, usage, 70)
     metrics.window_refused("7d")
     metrics.auth_lookup(True)
     metrics.auth_lookup(False)
