@@ -206,12 +206,7 @@ class OpenAIRoutes:
         headers = upstream_headers(
             request.scope["headers"], self.upstream.key, OPENAI_CLIENT_HEADERS
         )
-        try:
-            return await self.upstream.post("/v1/messages", ticket.body, headers)
-        except errors.UpstreamFailed:
-            self.p.metrics.upstream_error("connect")
-            self.p.finish(ticket, {}, 502, "upstream_unreachable")
-            raise
+        return await self.p.send(ticket, self.upstream, "/v1/messages", headers)
 
     @staticmethod
     def _is_stream(resp: aiohttp.ClientResponse) -> bool:
@@ -222,13 +217,7 @@ class OpenAIRoutes:
         """Reads a non-stream answer and bills it; None when the upstream refused."""
         if resp.status != 200:
             return None
-        try:
-            raw = await read_body(resp)
-        except errors.UpstreamFailed:
-            self.p.metrics.upstream_error("read")
-            self.p.finish(ticket, {}, 502, "upstream_lost")
-            raise
-        ticket.first_byte()
+        raw = await self.p.read_whole(ticket, resp)
         message = _event_data(raw)
         if message is None:
             self.p.metrics.upstream_error("read")
@@ -300,16 +289,6 @@ class OpenAIRoutes:
                 resp.release()
                 watcher.cancel()
                 metrics.stream_closed()
-                if state.client_gone:
-                    outcome = "client_disconnected"
-                elif state.failed:
-                    outcome = "upstream_lost"
-                    metrics.upstream_error("stream")
-                elif errored:
-                    outcome = "upstream_error_event"
-                    metrics.upstream_error("event")
-                else:
-                    outcome = "ok"
-                self.p.finish(ticket, billed, 200, outcome)
+                self.p.finish_stream(ticket, state, billed, errored)
 
         return Response(200, _headers(resp, ticket.request_id), StreamedContent(SSE, provider))

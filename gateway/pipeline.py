@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 from blacksheep import Request
 from blacksheep.contents import ASGIContent
@@ -23,6 +24,7 @@ from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
 from gateway.limits import CreditLimiter
 from gateway.observability import Metrics, access_log
+from gateway.proxy import StreamState, Upstream, read_body
 from gateway.usage import Usage, cost_mc, estimate_mc
 
 log = logging.getLogger("antex.pipeline")
@@ -201,6 +203,46 @@ class Pipeline:
             estimate_mc=0,
             check_only=True,
         )
+
+    async def send(
+        self, ticket: Ticket, upstream: Upstream, path_qs: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """The upstream call of an admitted request; a failure to connect is billed as such."""
+        try:
+            return await upstream.post(path_qs, ticket.body, headers)
+        except errors.UpstreamFailed:
+            self.metrics.upstream_error("connect")
+            self.finish(ticket, {}, 502, "upstream_unreachable")
+            raise
+
+    async def read_whole(self, ticket: Ticket, resp: aiohttp.ClientResponse) -> bytes:
+        """A whole (non-stream or error) upstream body; a lost connection is billed as such."""
+        try:
+            data = await read_body(resp)
+        except errors.UpstreamFailed:
+            self.metrics.upstream_error("read")
+            self.finish(ticket, {}, 502, "upstream_lost")
+            raise
+        ticket.first_byte()
+        if resp.status >= 500 or resp.status == 429:
+            self.metrics.upstream_error(str(resp.status))
+        return data
+
+    def finish_stream(
+        self, ticket: Ticket, state: StreamState, usage: dict[str, Any], errored: bool
+    ) -> None:
+        """Bills a stream once it ended, however it ended."""
+        if state.client_gone:
+            outcome = "client_disconnected"
+        elif state.failed:
+            outcome = "upstream_lost"
+            self.metrics.upstream_error("stream")
+        elif errored:
+            outcome = "upstream_error_event"
+            self.metrics.upstream_error("event")
+        else:
+            outcome = "ok"
+        self.finish(ticket, usage, 200, outcome)
 
     def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
         """Bills what the upstream reported and records metadata; never blocks the response."""

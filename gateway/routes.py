@@ -78,28 +78,17 @@ class AnthropicRoutes:
             payload=payload, body=body, max_tokens=max_tokens,
         )  # fmt: skip
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
-        try:
-            resp = await self.upstream.post(path_with_query("/v1/messages", request), body, headers)
-        except errors.UpstreamFailed:
-            p.metrics.upstream_error("connect")
-            p.finish(ticket, {}, 502, "upstream_unreachable")
-            raise
+        resp = await p.send(
+            ticket, self.upstream, path_with_query("/v1/messages", request), headers
+        )
         ctype = resp.headers.get("content-type", "")
         if resp.status != 200 or not ctype.startswith("text/event-stream"):
             return await self._whole(ticket, resp)
         return self._stream(ticket, request, resp)
 
     async def _whole(self, ticket: Ticket, resp: Any) -> Response:
-        try:
-            data = await read_body(resp)
-        except errors.UpstreamFailed:
-            self.p.metrics.upstream_error("read")
-            self.p.finish(ticket, {}, 502, "upstream_lost")
-            raise
-        ticket.first_byte()
+        data = await self.p.read_whole(ticket, resp)
         usage = usage_from_message(data)[0] if resp.status == 200 else {}
-        if resp.status >= 500 or resp.status == 429:
-            self.p.metrics.upstream_error(str(resp.status))
         self.p.finish(ticket, usage, resp.status, "ok" if resp.status == 200 else "upstream_error")
         # Upstream error bodies go back unmodified: clients match on their wording.
         ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
@@ -120,17 +109,10 @@ class AnthropicRoutes:
             finally:
                 watcher.cancel()
                 metrics.stream_closed()
-                if state.client_gone:
-                    outcome = "client_disconnected"
-                elif state.failed:
-                    outcome = "upstream_lost"
-                    metrics.upstream_error("stream")
-                elif state.scanner.error is not None:
-                    outcome = "upstream_error_event"
-                    metrics.upstream_error("event")
-                else:
-                    outcome = "ok"
-                self.p.finish(ticket, state.scanner.billed_usage(), 200, outcome)
+                scanner = state.scanner
+                self.p.finish_stream(
+                    ticket, state, scanner.billed_usage(), scanner.error is not None
+                )
 
         return Response(200, response_headers(resp), StreamedContent(SSE, provider))
 
