@@ -18,6 +18,7 @@ from cachetools import TTLCache
 
 from gateway import keys, keyspace
 from gateway.errors import AuthenticationFailed
+from gateway.limits import quarantined
 from gateway.scripts import fail_closed
 
 log = logging.getLogger("antex.auth")
@@ -49,6 +50,7 @@ class Authenticator:
         ttl: float,
         size: int,
         failures_per_minute: int = 30,
+        key_failures_per_minute: int = 10,
         on_bad_secret: BadSecretHook | None = None,
     ) -> None:
         self._client = client
@@ -57,6 +59,10 @@ class Authenticator:
         self._rejected: TTLCache[bytes, bool] = TTLCache(size, 60)
         self._failures: TTLCache[str, int] = TTLCache(size, 60)
         self._failures_limit = failures_per_minute
+        # Wrong secrets per key id: a distributed brute force on one known id gets at most
+        # this many bcrypt runs a minute per worker, whatever its number of addresses.
+        self._key_failures: TTLCache[str, int] = TTLCache(size, 60)
+        self._key_failures_limit = key_failures_per_minute
         self._inflight: dict[bytes, asyncio.Future[AuthedKey | None]] = {}
         # A bounded pool: a flood of wrong secrets can use these threads, never the loop.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
@@ -117,13 +123,24 @@ class Authenticator:
         account = account_id.decode() if isinstance(account_id, bytes) else str(account_id)
         record = keyspace.AccountKeys(account)
         with fail_closed():
-            hashed, status = await self._client.hmget(record.key(parsed.key_id), ["hash", "status"])
+            hashed, status, reason = await self._client.hmget(
+                record.key(parsed.key_id), ["hash", "status", "quarantine_reason"]
+            )
         if hashed is None or status in (b"revoked", "revoked"):
+            return None
+        if status in (b"quarantined", "quarantined"):
+            # Locked either way: say so without spending a bcrypt on whoever is asking.
+            raise quarantined(reason.decode() if isinstance(reason, bytes) else str(reason or ""))
+        if self._key_failures.get(parsed.key_id, 0) >= self._key_failures_limit:
+            # Unverified, so it still counts toward the key's failed-secret quarantine.
+            if self._on_bad_secret is not None:
+                await self._on_bad_secret(account, parsed.key_id, ip_tag)
             return None
         hashed_text = hashed.decode() if isinstance(hashed, bytes) else str(hashed)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(self._pool, keys.check_secret, parsed.secret, hashed_text)
         if not ok:
+            self._key_failures[parsed.key_id] = self._key_failures.get(parsed.key_id, 0) + 1
             if self._on_bad_secret is not None:
                 await self._on_bad_secret(account, parsed.key_id, ip_tag)
             return None

@@ -197,10 +197,7 @@ class CreditLimiter:
             reason = _str(raw[2])
             if int(raw[1]):
                 await self._index_quarantine(account_id, key_id, now, reason)
-            raise errors.KeyQuarantined(
-                f"This API key has been quarantined: {reason}. "
-                "Ask your operator to review it and issue a new key."
-            )
+            raise quarantined(reason)
         if outcome == "no_plan":
             why, period_end = _str(raw[1]), int(raw[2])
             if why == "expired":
@@ -333,6 +330,13 @@ class CreditLimiter:
             return False
         await self._index_quarantine(account_id, key_id, now, "wrong secrets")
         return True
+
+
+def quarantined(reason: str) -> errors.KeyQuarantined:
+    return errors.KeyQuarantined(
+        f"This API key has been quarantined: {reason}. "
+        "Ask your operator to review it and issue a new key."
+    )
 
 
 def _utilization(used_mc: int, limit_mc: int) -> float:
