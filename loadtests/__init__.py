@@ -1,0 +1,1 @@
+"""`make loadtest`: locust profiles of real fleets against a locally started stack."""
