@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from gateway.embedded_valkey import free_port
 from gateway.plans import Plan
-from tests.integration.conftest import ROOT, new_customer, stop, wait_http
+from tests.integration.conftest import ROOT, new_customer, run_simulator
 from tests.integration.test_dashboard import Mailbox, Server, dashboard_server, smtp_server
 
 pytestmark = pytest.mark.browser
@@ -65,17 +64,8 @@ def chromium() -> str:
 def sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("browser-logs") / "simulator.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.simulator", "--port", str(port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/_sim/stats", proc, "simulator")
-            yield url
-        finally:
-            stop(proc)
+    with run_simulator(port, log_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +46,37 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def running(
+    args: list[str],
+    port: int,
+    ready: str,
+    what: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Starts a server process logging to ``log_path``; yields its URL once ``ready`` answers."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}{ready}", proc, what)
+            yield url
+        finally:
+            stop(proc)
+
+
+def run_gateway(env: dict[str, str], port: int, log_path: Path, what: str = "gateway") -> Any:
+    return running(
+        [sys.executable, "-m", "gateway", "serve"], port, "/healthz", what, log_path, env
+    )
+
+
+def run_simulator(port: int, log_path: Path) -> Any:
+    args = [sys.executable, "-m", "gateway.simulator", "--port", str(port)]
+    return running(args, port, "/_sim/stats", "simulator", log_path)
 
 
 @dataclass

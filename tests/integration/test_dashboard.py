@@ -30,7 +30,13 @@ from gateway import accounts
 from gateway.dashboard.sessions import COOKIE
 from gateway.embedded_valkey import free_port
 from gateway.plans import Plan
-from tests.integration.conftest import ROOT, Customer, gateway_env, new_customer, stop, wait_http
+from tests.integration.conftest import (
+    ROOT,
+    Customer,
+    gateway_env,
+    new_customer,
+    run_gateway,
+)
 
 TRUSTED_PROXY = "127.0.0.2"
 OPERATOR_TEXT = "Write to billing@example.test or see https://example.test/plans for upgrades."
@@ -110,17 +116,8 @@ def dashboard_server(
         ANTEX_TRUSTED_PROXIES=f"{TRUSTED_PROXY}/32",
         ANTEX_PLANS_TEXT=OPERATOR_TEXT,
     )  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/healthz", proc, "dashboard gateway")
-            yield Server(url, data_dir, data_dir / "clock")
-        finally:
-            stop(proc)
+    with run_gateway(env, port, log_path, "dashboard gateway") as url:
+        yield Server(url, data_dir, data_dir / "clock")
 
 
 def csrf_of(html: str) -> str:

@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     Stack,
     gateway_env,
     new_customer,
+    run_gateway,
     stop,
     wait_http,
 )
@@ -73,17 +74,8 @@ def metered(
     env = gateway_env(
         valkey_url, simulator, data_dir, port, ANTEX_LOG_FORMAT="json", ANTEX_METRICS_TOKEN=TOKEN
     )
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/healthz", proc, "gateway")
-            yield Metered(url, data_dir, log_path)
-        finally:
-            stop(proc)
+    with run_gateway(env, port, log_path) as url:
+        yield Metered(url, data_dir, log_path)
 
 
 def move_clock(server: Metered, ms: int) -> None:
