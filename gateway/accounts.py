@@ -381,6 +381,8 @@ async def release_key(
     if outcome != "released":
         raise InvalidRequest(f"key {key_id} is {outcome}, not quarantined")
     await client.zrem(keyspace.QUARANTINE_INDEX, f"{account_id}:{key_id}")
+    # Workers forget the failures they counted for this key, so its owner is let back in.
+    await client.publish(keyspace.INVALIDATE_CHANNEL, key_id)
     return await get_key(client, account_id, key_id)
 
 

@@ -132,10 +132,11 @@ class Authenticator:
             # Locked either way: say so without spending a bcrypt on whoever is asking.
             raise quarantined(reason.decode() if isinstance(reason, bytes) else str(reason or ""))
         if self._key_failures.get(parsed.key_id, 0) >= self._key_failures_limit:
-            # Unverified, so it still counts toward the key's failed-secret quarantine.
+            # Unverified, so it still counts toward the key's failed-secret quarantine; raised
+            # rather than returned so the key's owner is not remembered as a wrong key.
             if self._on_bad_secret is not None:
                 await self._on_bad_secret(account, parsed.key_id, ip_tag)
-            return None
+            raise AuthenticationFailed(_INVALID)
         hashed_text = hashed.decode() if isinstance(hashed, bytes) else str(hashed)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(self._pool, keys.check_secret, parsed.secret, hashed_text)
@@ -147,6 +148,8 @@ class Authenticator:
         return AuthedKey(account, parsed.key_id)
 
     def invalidate_key(self, key_id: str) -> None:
+        """Revoked or released elsewhere: drop what this worker remembers of the key."""
+        self._key_failures.pop(key_id, None)
         for digest, authed in list(self._cache.items()):
             if authed.key_id == key_id:
                 self._cache.pop(digest, None)
