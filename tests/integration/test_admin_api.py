@@ -174,6 +174,25 @@ async def test_plans_through_the_admin_api(stack: Stack, admin: Admin) -> None:
     assert "credits_7d" in bad["error"]["message"]
 
 
+async def test_keys_beyond_the_plans_cap_are_refused_by_the_admin_api(
+    stack: Stack, admin: Admin
+) -> None:
+    name = f"api-cap-{secrets.token_hex(3)}"
+    body = {"credits_5h": 100, "credits_7d": 1_000, "ip_slots": 1, "concurrency": 2}
+    assert admin.put(f"/admin/plans/{name}", {**body, "max_keys": 1})["plan"]["max_keys"] == 1
+    customer = await new_customer(stack.valkey_url, Plan(name, 100, 1_000, 1, 2, 30, max_keys=1))
+    assert admin.get(f"/admin/accounts/{customer.account_id}")["max_keys"] == 1
+    refused = admin.post(
+        f"/admin/accounts/{customer.account_id}/keys", {"name": "second"}, status=403
+    )
+    assert refused["error"]["type"] == "key_limit_reached"
+    assert refused["error"]["message"].startswith("The plan allows 1 active API key and")
+    admin.post(f"/admin/keys/{customer.key_id}/revoke")
+    admin.post(f"/admin/accounts/{customer.account_id}/keys", {"name": "second"}, status=201)
+    # A plan edit without max_keys keeps the cap it had.
+    assert admin.put(f"/admin/plans/{name}", body)["plan"]["max_keys"] == 1
+
+
 async def test_admin_api_rejects_bad_bodies_and_unknown_accounts(admin: Admin) -> None:
     response = admin.http.post("/admin/accounts", content=b"{not json")
     assert response.status_code == 400 and error_type(response) == "invalid_request_error"
