@@ -251,7 +251,7 @@ async def _audit(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) 
         since = _parse_since(args.since, _now(s))
     account = await _account(client, args.account) if args.account else None
     found, _ = await audit.query(
-        client, actor=args.actor, action=args.action, since_ms=since, account=account,
+        client, actor=args.actor, action=args.action_filter, since_ms=since, account=account,
         limit=args.limit,
     )  # fmt: skip
     rows = [
@@ -511,7 +511,7 @@ def _usage_text(r: dict[str, Any]) -> str:
 async def _login_link(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     # For gateways without ANTEX_SMTP_URL: the operator hands the link over themselves.
     account_id = await accounts.require_account(client, args.email)
-    link = await signin.issue_link(client, account_id, s.base_url, make_clock(s.clock_file)())
+    link = await _operator(client, s).issue_login_link(account_id, s.base_url)
     emit(args, {"link": link, "expires_in_s": signin.LINK_TTL_MS // 1000}, link)
 
 
@@ -551,7 +551,9 @@ def _operator_parsers(sub: Any) -> None:
 
     trail = sub.add_parser("audit", help="the operator audit trail, newest first")
     trail.add_argument("--actor", help="exactly this actor (token name, or cli@host)")
-    trail.add_argument("--action", help="this action or family (account, key.revoke, ...)")
+    trail.add_argument(
+        "--action", dest="action_filter", help="this action or family (account, key.revoke)"
+    )
     trail.add_argument("--since", help="7d, 12h, 30m, or an ISO date")
     trail.add_argument("--account", help="only entries about this account (email or id)")
     trail.add_argument("--limit", type=int, default=50)

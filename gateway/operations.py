@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway import accounts, admin_tokens, audit, erasure
+from gateway.dashboard import signin
 from gateway.errors import InvalidRequest
 from gateway.plans import Plan, get_plan, list_plans, set_plan
 from gateway.scripts import Client
@@ -116,6 +117,18 @@ class Operator:
             after={"keys_deleted": done["keys_deleted"], "requested_ms": done["requested_ms"]},
         )  # fmt: skip
         return done
+
+    async def issue_login_link(self, account_id: str, base_url: str) -> str:
+        """A one-time dashboard sign-in link for the account; the link itself is not kept."""
+        now = self.clock()
+        account = await self._account(account_id, now)
+        link = await signin.issue_link(self.client, account_id, base_url, now)
+        await self.trail.record(
+            "account.login_link", now,
+            target={"account": account_id, "email": account.get("email")},
+            after={"expires_in_s": signin.LINK_TTL_MS // 1000},
+        )  # fmt: skip
+        return link
 
     # -- keys and IPs
 
