@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import valkey.asyncio as avalkey
 
-from gateway import accounts, admin_tokens, audit, erasure
+from gateway import accounts, admin_tokens, audit, erasure, snapshot
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import signin
@@ -279,6 +279,26 @@ def _parse_since(text: str, now_ms: int) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+@command("export", "run")
+async def _export(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    out = sys.stdout.buffer
+    async for record in snapshot.export(client):
+        out.write(record)
+    out.flush()
+
+
+@command("import", "run")
+async def _import(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    if args.file == "-":
+        lines = list(sys.stdin.buffer)
+    else:
+        with open(args.file, "rb") as f:  # noqa: ASYNC230 (one local file, before any I/O)
+            lines = list(f)
+    counts = await snapshot.restore(client, lines)
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    emit(args, counts, f"imported {summary}")
 
 
 @command("key", "create")
@@ -607,6 +627,13 @@ def _operator_parsers(sub: Any) -> None:
     usage.add_argument("--requests", type=int, default=10, help="recent requests to show")
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(action="show")
+
+    exp = sub.add_parser("export", help="write a JSON-lines snapshot of the store to stdout")
+    exp.set_defaults(action="run")
+    imp = sub.add_parser("import", help="restore a snapshot into an empty store")
+    imp.add_argument("file", nargs="?", default="-", help="snapshot file (default: stdin)")
+    imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.set_defaults(action="run")
 
     link = sub.add_parser("login-link", help="print a one-time dashboard sign-in link (15 min)")
     link.add_argument("email", help="account email (or id)")
