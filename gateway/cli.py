@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 import valkey.asyncio as avalkey
 
-from gateway import accounts, admin_tokens, audit, erasure, snapshot
+from gateway import __version__, accounts, admin_tokens, audit, erasure, keyspace, snapshot
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey
-from gateway.errors import AntexError, InvalidRequest
+from gateway.errors import AntexError, ConfigError, InvalidRequest
 from gateway.limits import CreditLimiter, rfc3339
 from gateway.operations import Operator
 from gateway.plans import Plan, get_plan, list_plans
@@ -42,13 +42,26 @@ def command(group: str, action: str) -> Callable[[Command], Command]:
     return register
 
 
+def _holds_data(data_dir: Path) -> bool:
+    return (data_dir / "appendonlydir").is_dir() or (data_dir / "dump.rdb").is_file()
+
+
 @contextlib.asynccontextmanager
-async def admin_valkey(settings: Settings) -> AsyncIterator[avalkey.Valkey]:
+async def admin_valkey(settings: Settings, *, init: bool = False) -> AsyncIterator[avalkey.Valkey]:
+    """The store the server uses. A data folder with no running Valkey and no data is most
+    likely the wrong folder: starting an empty store there would create keys the live server
+    never sees, so that needs ``init``."""
     embedded: EmbeddedValkey | None = None
     url = settings.valkey_url
     if url is None:
         candidate = EmbeddedValkey(Path(settings.data_dir))
         url = candidate.running_url()
+        if url is None and not init and not _holds_data(candidate.data_dir):
+            raise ConfigError(
+                f"no Valkey is running for ANTEX_DATA_DIR={candidate.data_dir} and it holds "
+                "no data. Run this from the gateway's folder (or set ANTEX_DATA_DIR or "
+                "ANTEX_VALKEY_URL like the server); pass --init to create a new empty store."
+            )
         if url is None:
             url = await asyncio.to_thread(candidate.start)
             embedded = candidate
@@ -531,7 +544,11 @@ def _usage_text(r: dict[str, Any]) -> str:
 async def _login_link(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     # For gateways without ANTEX_SMTP_URL: the operator hands the link over themselves.
     account_id = await accounts.require_account(client, args.email)
-    link = await _operator(client, s).issue_login_link(account_id, s.base_url)
+    # An explicit ANTEX_PUBLIC_URL wins; else the address the serving gateway stored at its
+    # start, since this shell's host and port need not be the server's.
+    stored = await client.get(keyspace.PUBLIC_URL)
+    base_url = s.public_url or (str(stored) if stored else s.base_url)
+    link = await _operator(client, s).issue_login_link(account_id, base_url)
     emit(args, {"link": link, "expires_in_s": signin.LINK_TTL_MS // 1000}, link)
 
 
@@ -643,6 +660,11 @@ def _operator_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antex", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"antex {__version__}")
+    parser.add_argument(
+        "--init", action="store_true",
+        help="allow starting a new, empty embedded Valkey in ANTEX_DATA_DIR",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="group", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -676,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = _COMMANDS[(args.group, args.action)]
 
         async def run() -> None:
-            async with admin_valkey(settings) as client:
+            async with admin_valkey(settings, init=args.init) as client:
                 await handler(client, args, settings)
 
         asyncio.run(run())
