@@ -12,7 +12,7 @@ from gateway.config import Settings
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 # The customer dashboard is HTML for browsers (forms, cookies, CSRF), not an API.
-BROWSER_PAGES = "/dashboard"
+BROWSER_PAGES = ("/dashboard", "/admin/console")
 
 
 @pytest.fixture(scope="module")
