@@ -93,7 +93,8 @@ async def test_delete_erases_every_trace_of_the_account(stack: Stack, valkey_url
     needles = [customer.account_id, customer.email, customer.key_id, second["key_id"]]
     sync = valkey.Valkey.from_url(valkey_url)
     try:
-        assert len(traces(sync, needles)) > 10  # the check sees what is there
+        before = traces(sync, needles)
+        assert len(before) > 10  # the check sees what is there
         unconfirmed = cli(stack, "account", "delete", customer.email)  # stdin is not a tty
         assert unconfirmed.code == 1 and "--yes" in unconfirmed.err
         assert sync.exists(keyspace.AccountKeys(customer.account_id).account)
@@ -102,6 +103,7 @@ async def test_delete_erases_every_trace_of_the_account(stack: Stack, valkey_url
         assert done["keys_deleted"] == 2
         assert done["email_sha256"] == audit.email_digest(customer.email)
         assert traces(sync, needles) == []
+        print(f"erasure: {len(before)} traces before, 0 after, {sync.dbsize()} keys scanned")
 
         # What remains: the email's digest, in the audit trail and the request's record.
         entries = [orjson.loads(m) for m in sync.zrange(audit.AUDIT, 0, -1)]
