@@ -18,6 +18,9 @@ PLANS = f"{PREFIX}:plans"  # hash plan name -> plan JSON
 ADMIN_TOKENS = f"{PREFIX}:admintokens"  # hash token digest -> JSON metadata
 QUARANTINE_INDEX = f"{PREFIX}:quarantined"  # zset "<account>:<key>" -> quarantined at ms
 INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"  # pub/sub: key ids whose cached auth must drop
+PUBLIC_URL = f"{PREFIX}:public_url"  # the serving gateway's ANTEX_PUBLIC_URL, set at start
+DELETION_REQUESTS = f"{PREFIX}:deletion_requests"  # zset account id -> asked at ms
+DELETIONS_DONE = f"{PREFIX}:deletions_done"  # hash sha256(email) -> JSON {requested_ms, done_ms}
 
 
 def email_key(email: str) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import logging
 import os
+import platform
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from prometheus_client import values as prom_values
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gateway import errors
+from gateway import __version__, errors
 from gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -168,6 +169,14 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        build = Gauge(
+            "antex_build_info",
+            "Always 1; the labels say which release and Python this gateway runs.",
+            ("version", "python"),
+            registry=own,
+            multiprocess_mode="max",
+        )
+        build.labels(__version__, platform.python_version()).set(1)
         self._upstream = Counter(
             "antex_upstream_errors",
             "Upstream failures: connect, read, stream (lost mid-stream), event (an error "

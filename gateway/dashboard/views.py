@@ -19,8 +19,7 @@ from gateway.plans import DEFAULT_MAX_KEYS, list_plans
 from gateway.scripts import fail_closed
 
 RECENT_REQUESTS = 25
-# Global, untagged: accounts whose owner asked for deletion -> asked at ms (operator's list).
-DELETION_REQUESTS = f"{keyspace.PREFIX}:deletion_requests"
+DELETION_REQUESTS = keyspace.DELETION_REQUESTS
 
 
 def _text(value: Any) -> str:
