@@ -43,6 +43,13 @@ def quarantine(sync: valkey.Valkey, c: Customer) -> None:
     )
 
 
+def flag(sync: valkey.Valkey, c: Customer) -> None:
+    sync.hset(
+        keyspace.AccountKeys(c.account_id).account,
+        mapping={"shared_flag_ms": "1", "shared_flag_reason": "test"},
+    )
+
+
 def bind(sync: valkey.Valkey, c: Customer) -> None:
     sync.hset(keyspace.AccountKeys(c.account_id).key_ips(c.key_id), "127.0.0.9", "1")
 
@@ -71,6 +78,11 @@ def cases(sync: valkey.Valkey) -> dict[str, Case]:
         "adminCancelPlan": Case("account.cancel", lambda c: ({"account": c.account_id}, None)),
         "adminAccountSlots": Case(
             "account.ip_slots", lambda c: ({"account": c.account_id}, {"add": 2})
+        ),
+        "adminClearFlag": Case(
+            "account.clear_flag",
+            lambda c: ({"account": c.account_id}, None),
+            before=lambda c: flag(sync, c),
         ),
         "adminCreateKey": Case(
             "key.create", lambda c: ({"account": c.account_id}, {"name": "ci"}), 201
@@ -124,7 +136,7 @@ async def test_every_mutating_admin_route_records_who_what_and_the_change(
     routes = mutating_admin_operations()
     table = cases(sync_valkey)
     assert set(routes) == set(table), "a mutating route without an audit case"
-    assert len(routes) == 12
+    assert len(routes) == 13
     shown: list[str] = []
     for op_id, (method, template) in sorted(routes.items()):
         case = table[op_id]
@@ -217,6 +229,7 @@ async def test_every_mutating_cli_command_records_an_entry(
         ("ip", "add-slots"): ["ip", "add-slots", "1", "--key", customer.key_id],
         ("key", "release"): ["key", "release", customer.key_id],
         ("quarantine", "release"): ["quarantine", "release", customer.key_id],
+        ("quarantine", "clear-flag"): ["quarantine", "clear-flag", customer.email],
         ("key", "revoke"): ["key", "revoke", customer.key_id],
         ("admin-token", "create"): ["admin-token", "create", "--name", token_name],
         ("plan", "set"): ["plan", "set", f"p-{secrets.token_hex(3)}", "--credits-5h", "5",
@@ -229,6 +242,8 @@ async def test_every_mutating_cli_command_records_an_entry(
     for command, argv in runs.items():
         if command in (("key", "release"), ("quarantine", "release")):
             quarantine(sync_valkey, customer)
+        if command == ("quarantine", "clear-flag"):
+            flag(sync_valkey, customer)
         before = sync_valkey.zcard(audit.AUDIT)
         done = run_cli(stack, *argv)
         assert done.code == 0, (command, done.err)
