@@ -1,6 +1,6 @@
 """Pieces shared by the Chat Completions and Responses translators.
 
-Content parts, tool ids, turn assembly, thinking budgets, usage and error mapping.
+Content parts, tool ids, history tools, thinking budgets, usage and error mapping.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ THINKING_BUDGETS = {
 # Adaptive models take output_config.effort instead of a budget (A2: low…max).
 _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                     "xhigh": "xhigh", "max": "max"}
-_NO_RESULT = "No output recorded."
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
@@ -143,59 +142,11 @@ def input_schema(parameters: Any) -> dict[str, Any]:
 
 
 def text_block(text: Any) -> list[Block]:
-    """Zero or one text block: Anthropic rejects empty text blocks."""
-    return [{"type": "text", "text": text}] if isinstance(text, str) and text else []
+    """Zero or one text block; blank ones are left for ``normalize_messages`` to drop."""
+    return [{"type": "text", "text": text}] if isinstance(text, str) else []
 
 
-# -- turns -----------------------------------------------------------------------------------
-
-
-class Turns:
-    """Collects Anthropic turns, merging consecutive same-role turns as they are added."""
-
-    __slots__ = ("_turns",)
-
-    def __init__(self) -> None:
-        self._turns: list[tuple[str, list[Block]]] = []
-
-    def add(self, role: str, blocks: list[Block]) -> None:
-        if self._turns and self._turns[-1][0] == role:
-            self._turns[-1][1].extend(blocks)
-        else:
-            self._turns.append((role, list(blocks)))
-
-    def messages(self) -> list[dict[str, Any]]:
-        """Final messages: every tool_use answered in the next user turn, strays dropped."""
-        paired: list[tuple[str, list[Block]]] = []
-        for role, blocks in self._turns:
-            if role == "user":
-                blocks = _pair_results(_tool_use_ids(paired), blocks)
-            elif _tool_use_ids(paired):
-                paired.append(("user", _pair_results(_tool_use_ids(paired), [])))
-            if paired and paired[-1][0] == role:
-                paired[-1][1].extend(blocks)
-            elif blocks:
-                paired.append((role, list(blocks)))
-        if _tool_use_ids(paired):
-            paired.append(("user", _pair_results(_tool_use_ids(paired), [])))
-        return [{"role": role, "content": blocks} for role, blocks in paired if blocks]
-
-
-def _tool_use_ids(paired: list[tuple[str, list[Block]]]) -> list[str]:
-    if not paired or paired[-1][0] != "assistant":
-        return []
-    return [b["id"] for b in paired[-1][1] if b.get("type") == "tool_use"]
-
-
-def _pair_results(expected: list[str], blocks: list[Block]) -> list[Block]:
-    # tool_result blocks must come first in the user turn, one per preceding tool_use.
-    found: dict[str, Block] = {}
-    for block in blocks:
-        if block.get("type") == "tool_result" and block["tool_use_id"] in expected:
-            found.setdefault(block["tool_use_id"], block)
-    results = [found.get(i) or {"type": "tool_result", "tool_use_id": i, "content": _NO_RESULT}
-               for i in expected]
-    return results + [b for b in blocks if b.get("type") != "tool_result"]
+# -- history tools -------------------------------------------------------------------------
 
 
 def define_history_tools(request: dict[str, Any]) -> None:
@@ -203,7 +154,7 @@ def define_history_tools(request: dict[str, Any]) -> None:
     inert stubs for the names the history uses and forbid new calls."""
     if request.get("tools"):
         return
-    # After Turns.messages() every tool_result has its tool_use, so the calls suffice.
+    # After normalize_messages() every tool_result has its tool_use, so the calls suffice.
     names = dict.fromkeys(block["name"] for message in request["messages"]
                           for block in message["content"] if block.get("type") == "tool_use")
     if names:
