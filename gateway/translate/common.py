@@ -203,7 +203,7 @@ def apply_thinking(request: dict[str, Any], effort: Any, *, explicit_max: bool, 
         return
     if effort not in THINKING_BUDGETS:
         raise InvalidRequest(f"Unsupported reasoning effort {effort!r}.", param=param)
-    if _replays_tool_use_without_thinking(request["messages"]):
+    if _final_assistant_turn_lacks_thinking(request["messages"]):
         # The API demands the final assistant turn open with its signed thinking block.
         return
     if adaptive:
@@ -227,9 +227,11 @@ def apply_thinking(request: dict[str, Any], effort: Any, *, explicit_max: bool, 
         request["tool_choice"] = {k: v for k, v in choice.items() if k != "name"} | {"type": "auto"}
 
 
-def _replays_tool_use_without_thinking(messages: list[dict[str, Any]]) -> bool:
+def _final_assistant_turn_lacks_thinking(messages: list[dict[str, Any]]) -> bool:
+    # The final assistant turn is a prefill, or the one whose calls the tool loop answers.
     last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
-    if last is None or not any(b.get("type") == "tool_use" for b in last["content"]):
+    if last is None or not (last is messages[-1]
+                            or any(b.get("type") == "tool_use" for b in last["content"])):
         return False
     return last["content"][0].get("type") not in ("thinking", "redacted_thinking")
 

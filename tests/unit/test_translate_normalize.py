@@ -59,7 +59,17 @@ def accepted(request: dict[str, Any]) -> dict[str, Any]:
     # The real API also answers 400 "`tool_use` ids must be unique"; the simulator does not check.
     ids = [b["id"] for m in request["messages"] for b in m["content"] if b["type"] == "tool_use"]
     assert len(ids) == len(set(ids)), ids
+    # Nor does it check "a final assistant message must start with a thinking block".
+    if request.get("thinking", {}).get("type") in ("enabled", "adaptive"):
+        messages = request["messages"]
+        last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
+        if last is not None and (last is messages[-1] or "tool_use" in block_types(last)):
+            assert last["content"][0]["type"] in ("thinking", "redacted_thinking"), last
     return request
+
+
+def block_types(message: dict[str, Any]) -> set[str]:
+    return {b["type"] for b in message["content"]}
 
 
 def chat(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -99,6 +109,19 @@ def test_chat_prefill_loses_its_trailing_whitespace() -> None:
 def test_responses_prefill_loses_its_trailing_whitespace() -> None:
     out = responses([said("user", "Name a colour."), said("assistant", "Colour: ")])
     assert out["messages"][-1] == assistant(text("Colour:"))
+
+
+def test_thinking_stays_off_for_a_prefill_without_thinking() -> None:
+    # "When thinking is enabled, a final assistant message must start with a thinking block."
+    out = chat([{"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Colour: "}], reasoning_effort="high")
+    assert "thinking" not in out
+    out = responses([said("user", "Name a colour."), said("assistant", "Colour: ")],
+                    reasoning={"effort": "high"})
+    assert "thinking" not in out
+    out = chat([{"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": " "}], reasoning_effort="high")
+    assert out["thinking"]["type"] == "enabled"
 
 
 # -- the other histories agents send -----------------------------------------------------------
