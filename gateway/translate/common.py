@@ -41,8 +41,26 @@ _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": 
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
+# One- or two-digit runs: the version parts of a model id, never its 8-digit date.
+_VERSION_PARTS = re.compile(r"(?<![0-9])[0-9]{1,2}(?![0-9])")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE = re.compile(r"^\+?[\d\s().-]{7,}$")
+
+
+def model_generation(model_id: str) -> tuple[int, int] | None:
+    """(major, minor) of a Claude model id (``claude-opus-4-5-20251101`` → (4, 5),
+    ``claude-sonnet-5`` → (5, 0)); None for a name without a version."""
+    parts = [int(p) for p in _VERSION_PARTS.findall(model_id)[:2]]
+    if not parts:
+        return None
+    return parts[0], parts[1] if len(parts) > 1 else 0
+
+
+def accepts_prefill(model_id: str) -> bool:
+    """Whether the model continues a final assistant turn; Claude 4.6 and later (and names
+    without a version, such as claude-mythos-preview) answer such a request with 400."""
+    generation = model_generation(model_id)
+    return generation is not None and generation < (4, 6)
 
 
 def sanitize_tool_id(raw: str) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-Block = dict[str, Any]
+from gateway.translate.common import Block
+
 Message = dict[str, Any]
 
 NO_RESULT = "No output recorded."
@@ -23,7 +24,7 @@ def drop_blank_text(blocks: Iterable[Block]) -> list[Block]:
     return [b for b in blocks if b.get("type") != "text" or not is_blank(b.get("text") or "")]
 
 
-def normalize_messages(messages: list[Message]) -> list[Message]:
+def normalize_messages(messages: list[Message], *, prefill: bool = True) -> list[Message]:
     """A rough Anthropic message list → one the Messages API accepts.
 
     In: ``[{"role": "user" | "assistant", "content": [block, ...]}, ...]`` as the translators
@@ -45,7 +46,8 @@ def normalize_messages(messages: list[Message]) -> list[Message]:
       calls gets a final user turn of filled results;
     - a final assistant turn (a prefill) ends in text without trailing whitespace: trailing
       whitespace is trimmed, trailing thinking blocks dropped, and the turn itself dropped when
-      nothing is left (the API refuses a prefill that ends in whitespace).
+      nothing is left (the API refuses a prefill that ends in whitespace). With
+      ``prefill=False`` (models that refuse any prefill) a final assistant turn is dropped.
 
     Thinking and redacted_thinking blocks are never altered (their signature covers the exact
     text), only dropped when they end a prefill. The result may be empty; callers decide
@@ -53,6 +55,8 @@ def normalize_messages(messages: list[Message]) -> list[Message]:
     """
     turns = _merge(messages)
     turns = _merge(_pair_tool_results(turns))
+    if not prefill and turns and turns[-1]["role"] == "assistant":
+        return turns[:-1]
     return _trim_prefill(turns)
 
 

@@ -9,6 +9,7 @@ import orjson
 from gateway.errors import InvalidRequest
 from gateway.translate.common import (
     Block,
+    accepts_prefill,
     anthropic_error_fields,
     apply_sampling,
     apply_thinking,
@@ -67,7 +68,7 @@ def chat_request_to_anthropic(
     if body.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")
     system, history = _convert_messages(messages)
-    turns = normalize_messages(history)
+    turns = normalize_messages(history, prefill=accepts_prefill(model))
     if not turns:
         raise InvalidRequest("messages must contain a user or assistant message with content.",
                              param="messages")

@@ -10,6 +10,7 @@ from typing import Any
 from gateway.errors import InvalidRequest, PreviousResponseNotFound
 from gateway.translate.common import (
     Block,
+    accepts_prefill,
     apply_sampling,
     apply_thinking,
     as_dict,
@@ -89,7 +90,7 @@ def responses_request_to_anthropic(
     convert = _Converter(model)
     for item in items:
         convert.item(item)
-    messages = normalize_messages(convert.turns)
+    messages = normalize_messages(convert.turns, prefill=accepts_prefill(model))
     if not messages:
         raise InvalidRequest("input must contain at least one message.", param="input")
     limit, explicit = output_limit(body, ("max_output_tokens",), DEFAULT_MAX_OUTPUT_TOKENS)

@@ -15,6 +15,8 @@ import pytest
 from tests.integration.conftest import UPSTREAM_KEY, Customer, Stack
 
 MODEL = "claude-sonnet-4-6"
+# Claude 4.6 and later refuse any prefill; the gateway drops a final assistant turn for them.
+PREFILL_MODEL = "claude-sonnet-4-5-20250929"
 TOOL_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": TOOL_SCHEMA}}]
 RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "parameters": TOOL_SCHEMA}]
@@ -34,15 +36,16 @@ def text(t: str) -> dict[str, Any]:
 
 
 CALL = {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
-# Per history: the Chat messages, the Responses input, the tools, and the Anthropic body the
-# translation used to forward as-is (which the real API refuses).
-HISTORIES: dict[str, tuple[list[Any], list[Any], bool, list[Any]]] = {
+# Per history: the Chat messages, the Responses input, the tools, the Anthropic messages the
+# translation used to forward as-is (which the real API refuses), and the model.
+HISTORIES: dict[str, tuple[list[Any], list[Any], bool, list[Any], str]] = {
     "blank assistant turn": (
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\n\n"},
          {"role": "user", "content": "go on"}],
         [said("user", "hi"), said("assistant", " "), said("user", "go on")],
         False,
         [turn("user", text("hi")), turn("assistant", text(" ")), turn("user", text("go on"))],
+        MODEL,
     ),
     "prefill ending in a space": (
         [{"role": "user", "content": "Name a colour."},
@@ -50,6 +53,7 @@ HISTORIES: dict[str, tuple[list[Any], list[Any], bool, list[Any]]] = {
         [said("user", "Name a colour."), said("assistant", "Colour: ")],
         False,
         [turn("user", text("Name a colour.")), turn("assistant", text("Colour: "))],
+        PREFILL_MODEL,
     ),
     "tool-only step with an empty output and a blank reply": (
         [{"role": "user", "content": "Weather in Paris?"},
@@ -68,6 +72,7 @@ HISTORIES: dict[str, tuple[list[Any], list[Any], bool, list[Any]]] = {
         [turn("user", text("Weather in Paris?")), turn("assistant", CALL),
          turn("user", {"type": "tool_result", "tool_use_id": "call_1", "content": ""}),
          turn("assistant", text("\n\n")), turn("user", text("go on"))],
+        MODEL,
     ),
 }
 
@@ -83,7 +88,8 @@ def oai(stack: Stack, customer: Customer) -> Iterator[openai.OpenAI]:
 def test_the_simulator_refuses_the_history_as_it_used_to_be_forwarded(
     stack: Stack, name: str
 ) -> None:
-    body = {"model": MODEL, "max_tokens": 64, "messages": HISTORIES[name][3]}
+    _, _, _, messages, model = HISTORIES[name]
+    body = {"model": model, "max_tokens": 64, "messages": messages}
     resp = httpx.post(
         f"{stack.sim_url}/v1/messages", content=orjson.dumps(body), timeout=30,
         headers={"x-api-key": UPSTREAM_KEY, "anthropic-version": "2023-06-01"},
@@ -94,17 +100,17 @@ def test_the_simulator_refuses_the_history_as_it_used_to_be_forwarded(
 
 @pytest.mark.parametrize("name", HISTORIES)
 def test_chat_completions_answers_the_history(oai: openai.OpenAI, name: str) -> None:
-    messages, _, tools, _ = HISTORIES[name]
+    messages, _, tools, _, model = HISTORIES[name]
     extra: dict[str, Any] = {"tools": CHAT_TOOLS} if tools else {}
-    reply = oai.chat.completions.create(model=MODEL, max_tokens=64, messages=messages, **extra)
+    reply = oai.chat.completions.create(model=model, max_tokens=64, messages=messages, **extra)
     assert reply.choices[0].finish_reason in ("stop", "tool_calls")
 
 
 @pytest.mark.parametrize("name", HISTORIES)
 def test_responses_answers_the_history(oai: openai.OpenAI, name: str) -> None:
-    _, items, tools, _ = HISTORIES[name]
+    _, items, tools, _, model = HISTORIES[name]
     extra: dict[str, Any] = {"tools": RESPONSES_TOOLS} if tools else {}
-    reply = oai.responses.create(model=MODEL, max_output_tokens=64, input=items, **extra)
+    reply = oai.responses.create(model=model, max_output_tokens=64, input=items, **extra)
     assert reply.status == "completed"
 
 
@@ -113,7 +119,13 @@ def test_chat_messages_sent_to_the_responses_route_are_answered(
     oai: openai.OpenAI, name: str
 ) -> None:
     # Chat-style {role, content} messages are valid Responses input items too.
-    messages = HISTORIES[name][0]
+    messages, model = HISTORIES[name][0], HISTORIES[name][4]
     items = [m for m in messages if m["role"] in ("user", "assistant") and m["content"]]
-    reply = oai.responses.create(model=MODEL, max_output_tokens=64, input=items)
+    reply = oai.responses.create(model=model, max_output_tokens=64, input=items)
     assert reply.status == "completed" and reply.output_text
+
+
+def test_a_prefill_for_a_model_that_refuses_prefill_is_answered(oai: openai.OpenAI) -> None:
+    messages = HISTORIES["prefill ending in a space"][0]
+    reply = oai.chat.completions.create(model=MODEL, max_tokens=64, messages=messages)
+    assert reply.choices[0].message.content

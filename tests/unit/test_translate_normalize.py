@@ -17,7 +17,8 @@ from gateway.translate.openai_chat import chat_request_to_anthropic
 from gateway.translate.openai_responses import responses_request_to_anthropic
 from gateway.translate.responses_stream import encode_redacted, encode_thinking
 
-MODEL = "claude-sonnet-4-6"
+MODEL = "claude-sonnet-4-6"  # refuses any prefill, as every model from Claude 4.6 on
+PREFILL_MODEL = "claude-sonnet-4-5-20250929"  # continues a final assistant turn
 SIG = "EqMBCkYIBxgCKkDk3m9vYx0W2r5TmQ0bX4u8h1b6Y3pQ7Zc9L2f4N1a8K0s5V7e3R6t9U2w4X8y1B5n7M0q3P6j9"
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhf"
        "DwAChwGA60e6kgAAAABJRU5ErkJggg==")
@@ -59,6 +60,9 @@ def accepted(request: dict[str, Any]) -> dict[str, Any]:
     # The real API also answers 400 "`tool_use` ids must be unique"; the simulator does not check.
     ids = [b["id"] for m in request["messages"] for b in m["content"] if b["type"] == "tool_use"]
     assert len(ids) == len(set(ids)), ids
+    # Nor "This model does not support assistant message prefill" (Claude 4.6 and later).
+    if request["model"] != PREFILL_MODEL:
+        assert request["messages"][-1]["role"] == "user"
     # Nor does it check "a final assistant message must start with a thinking block".
     if request.get("thinking", {}).get("type") in ("enabled", "adaptive"):
         messages = request["messages"]
@@ -72,12 +76,12 @@ def block_types(message: dict[str, Any]) -> set[str]:
     return {b["type"] for b in message["content"]}
 
 
-def chat(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return accepted(chat_request_to_anthropic({"model": MODEL, "messages": messages, **extra}))
+def chat(messages: list[dict[str, Any]], model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    return accepted(chat_request_to_anthropic({"model": model, "messages": messages, **extra}))
 
 
-def responses(input_: Any, **extra: Any) -> dict[str, Any]:
-    return accepted(responses_request_to_anthropic({"model": MODEL, "input": input_, **extra})[0])
+def responses(input_: Any, model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    return accepted(responses_request_to_anthropic({"model": model, "input": input_, **extra})[0])
 
 
 def said(role: str, t: str) -> dict[str, Any]:
@@ -100,28 +104,35 @@ def test_responses_blank_output_text_is_dropped_and_users_merge() -> None:
     assert out["messages"] == [user(text("hi"), text("go on"))]
 
 
+COLOUR_CHAT = [{"role": "user", "content": "Name a colour."},
+               {"role": "assistant", "content": "Colour: "}]
+COLOUR_ITEMS = [said("user", "Name a colour."), said("assistant", "Colour: ")]
+
+
 def test_chat_prefill_loses_its_trailing_whitespace() -> None:
-    out = chat([{"role": "user", "content": "Name a colour."},
-                {"role": "assistant", "content": "Colour: "}])
+    out = chat(COLOUR_CHAT, PREFILL_MODEL)
     assert out["messages"][-1] == assistant(text("Colour:"))
 
 
 def test_responses_prefill_loses_its_trailing_whitespace() -> None:
-    out = responses([said("user", "Name a colour."), said("assistant", "Colour: ")])
+    out = responses(COLOUR_ITEMS, PREFILL_MODEL)
     assert out["messages"][-1] == assistant(text("Colour:"))
+
+
+def test_models_that_refuse_prefill_get_the_history_without_its_final_assistant_turn() -> None:
+    assert chat(COLOUR_CHAT)["messages"] == [user(text("Name a colour."))]
+    assert responses(COLOUR_ITEMS, "claude-mythos-preview")["messages"] == [
+        user(text("Name a colour."))]
 
 
 def test_thinking_stays_off_for_a_prefill_without_thinking() -> None:
     # "When thinking is enabled, a final assistant message must start with a thinking block."
-    out = chat([{"role": "user", "content": "Name a colour."},
-                {"role": "assistant", "content": "Colour: "}], reasoning_effort="high")
-    assert "thinking" not in out
-    out = responses([said("user", "Name a colour."), said("assistant", "Colour: ")],
-                    reasoning={"effort": "high"})
-    assert "thinking" not in out
-    out = chat([{"role": "user", "content": "Name a colour."},
-                {"role": "assistant", "content": " "}], reasoning_effort="high")
+    assert "thinking" not in chat(COLOUR_CHAT, PREFILL_MODEL, reasoning_effort="high")
+    assert "thinking" not in responses(COLOUR_ITEMS, PREFILL_MODEL, reasoning={"effort": "high"})
+    out = chat([COLOUR_CHAT[0], {"role": "assistant", "content": " "}], PREFILL_MODEL,
+               reasoning_effort="high")
     assert out["thinking"]["type"] == "enabled"
+    assert "thinking" in chat(COLOUR_CHAT, reasoning_effort="high")  # no prefill left
 
 
 # -- the other histories agents send -----------------------------------------------------------
@@ -257,6 +268,13 @@ def test_prefill_is_trimmed_and_dropped_when_nothing_is_left() -> None:
     assert normalize_messages([user(text("q")), assistant(thinking())]) == [user(text("q"))]
 
 
+def test_without_prefill_a_final_assistant_turn_is_dropped() -> None:
+    rough = [user(text("q")), assistant(text("A")), user(text(" ")), assistant(text("B"))]
+    assert normalize_messages(rough, prefill=False) == [user(text("q"))]
+    calls = [user(text("q")), assistant(call("a"))]
+    assert normalize_messages(calls, prefill=False) == [*calls, user(filled("a"))]
+
+
 def test_thinking_blocks_are_kept_byte_exact() -> None:
     block = thinking(" \n  ")
     redacted = {"type": "redacted_thinking", "data": "opaque"}
@@ -281,6 +299,7 @@ CALL_IDS = st.sampled_from(["c1", "c2", "call.3", "call_0", ""])
 TOOL_NAMES = st.sampled_from(["get_weather", "shell", "apply_patch"])
 ARGUMENTS = st.sampled_from(['{"city": "Paris"}', "", "{oops", "[1]", "{}"])
 IMAGE_URLS = st.sampled_from([PNG, "https://example.org/cat.png"])
+MODELS = st.sampled_from([MODEL, PREFILL_MODEL])
 EFFORTS = st.sampled_from([None, "none", "low", "medium", "high"])
 EXAMPLES = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -311,12 +330,13 @@ CHAT_MESSAGES = st.one_of(
 
 
 @EXAMPLES
-@given(messages=st.lists(CHAT_MESSAGES, min_size=1, max_size=8), effort=EFFORTS,
+@given(messages=st.lists(CHAT_MESSAGES, min_size=1, max_size=8), model=MODELS, effort=EFFORTS,
        adaptive=st.booleans(), max_tokens=st.none() | st.sampled_from([1, 2000, 4096]))
 def test_any_chat_history_translates_to_a_request_the_api_accepts(
-    messages: list[dict[str, Any]], effort: str | None, adaptive: bool, max_tokens: int | None,
+    messages: list[dict[str, Any]], model: str, effort: str | None, adaptive: bool,
+    max_tokens: int | None,
 ) -> None:
-    body: dict[str, Any] = {"model": MODEL, "messages": messages, "reasoning_effort": effort,
+    body: dict[str, Any] = {"model": model, "messages": messages, "reasoning_effort": effort,
                             "max_tokens": max_tokens}
     try:
         request = chat_request_to_anthropic(body, adaptive_thinking=adaptive)
@@ -342,36 +362,41 @@ def message_item(role: str) -> st.SearchStrategy[dict[str, Any]]:
 OUTPUTS = TEXTS | st.lists(st.one_of(
     st.builds(lambda t: {"type": "input_text", "text": t}, TEXTS),
     st.builds(lambda u: {"type": "input_image", "image_url": u}, IMAGE_URLS)), max_size=2)
-REASONING_BLOBS = st.one_of(
-    st.builds(lambda t: encode_thinking(MODEL, SIG, t), TEXTS),
-    st.just(encode_redacted(MODEL, "opaque-redacted")),
-    st.just(encode_thinking("claude-opus-4-1", SIG, "another model")),
-    st.just("gAAAAABo-openai-blob"))
-RESPONSE_ITEMS = st.one_of(
-    *(message_item(role) for role in ("user", "assistant", "system", "developer")),
-    st.builds(lambda i, n, a: {"type": "function_call", "call_id": i, "name": n, "arguments": a},
-              CALL_IDS, TOOL_NAMES, ARGUMENTS),
-    st.builds(lambda i, o: {"type": "function_call_output", "call_id": i, "output": o},
-              CALL_IDS, OUTPUTS),
-    st.builds(lambda i, t: {"type": "custom_tool_call", "call_id": i, "name": "apply_patch",
-                            "input": t}, CALL_IDS, TEXTS),
-    st.builds(lambda i, o: {"type": "custom_tool_call_output", "call_id": i, "output": o},
-              CALL_IDS, OUTPUTS),
-    st.builds(lambda b, s: {"type": "reasoning", "encrypted_content": b,
-                            "summary": [{"type": "summary_text", "text": s}]},
-              REASONING_BLOBS, TEXTS),
-)
+def reasoning_blobs(model: str) -> st.SearchStrategy[str]:
+    return st.one_of(st.builds(lambda t: encode_thinking(model, SIG, t), TEXTS),
+                     st.just(encode_redacted(model, "opaque-redacted")),
+                     st.just(encode_thinking("claude-opus-4-1", SIG, "another model")),
+                     st.just("gAAAAABo-openai-blob"))
+
+
+def response_items(model: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.one_of(
+        *(message_item(role) for role in ("user", "assistant", "system", "developer")),
+        st.builds(lambda i, n, a: {"type": "function_call", "call_id": i, "name": n,
+                                   "arguments": a}, CALL_IDS, TOOL_NAMES, ARGUMENTS),
+        st.builds(lambda i, o: {"type": "function_call_output", "call_id": i, "output": o},
+                  CALL_IDS, OUTPUTS),
+        st.builds(lambda i, t: {"type": "custom_tool_call", "call_id": i, "name": "apply_patch",
+                                "input": t}, CALL_IDS, TEXTS),
+        st.builds(lambda i, o: {"type": "custom_tool_call_output", "call_id": i, "output": o},
+                  CALL_IDS, OUTPUTS),
+        st.builds(lambda b, s: {"type": "reasoning", "encrypted_content": b,
+                                "summary": [{"type": "summary_text", "text": s}]},
+                  reasoning_blobs(model), TEXTS),
+    )
 
 
 @EXAMPLES
-@given(input_=TEXTS | st.lists(RESPONSE_ITEMS, min_size=1, max_size=8), effort=EFFORTS,
-       adaptive=st.booleans(), instructions=st.none() | TEXTS,
+@given(model_and_input=MODELS.flatmap(lambda m: st.tuples(
+           st.just(m), TEXTS | st.lists(response_items(m), min_size=1, max_size=8))),
+       effort=EFFORTS, adaptive=st.booleans(), instructions=st.none() | TEXTS,
        max_output_tokens=st.none() | st.sampled_from([1, 2000, 4096]))
 def test_any_responses_input_translates_to_a_request_the_api_accepts(
-    input_: Any, effort: str | None, adaptive: bool, instructions: str | None,
-    max_output_tokens: int | None,
+    model_and_input: tuple[str, Any], effort: str | None, adaptive: bool,
+    instructions: str | None, max_output_tokens: int | None,
 ) -> None:
-    body: dict[str, Any] = {"model": MODEL, "input": input_, "instructions": instructions,
+    model, input_ = model_and_input
+    body: dict[str, Any] = {"model": model, "input": input_, "instructions": instructions,
                             "reasoning": {"effort": effort}, "max_output_tokens": max_output_tokens}
     try:
         request, _ = responses_request_to_anthropic(body, adaptive_thinking=adaptive)
