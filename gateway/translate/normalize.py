@@ -49,9 +49,10 @@ def normalize_messages(messages: list[Message], *, prefill: bool = True) -> list
       nothing is left (the API refuses a prefill that ends in whitespace). With
       ``prefill=False`` (models that refuse any prefill) a final assistant turn is dropped.
 
-    Thinking and redacted_thinking blocks are never altered (their signature covers the exact
-    text), only dropped when they end a prefill. The result may be empty; callers decide
-    whether that is an error.
+    Merging comes before pairing, so the outputs after two call turns that only a blank turn
+    separated answer the calls of both. Thinking and redacted_thinking blocks are never
+    altered (their signature covers the exact text), only dropped when they end a prefill.
+    The result may be empty; callers decide whether that is an error.
     """
     turns = _merge(messages)
     turns = _merge(_pair_tool_results(turns))
