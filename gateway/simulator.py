@@ -540,12 +540,13 @@ class Simulator:
             return False
 
 
-async def _pause(send: Callable[[bytes], Awaitable[None]], seconds: float) -> None:
+async def _pause(send: Callable[[bytes], Awaitable[None]], seconds: float,
+                 ping_every: float = PING_EVERY_S) -> None:
     """Sleep, keeping a long silence alive with pings as the real API does."""
-    while seconds > PING_EVERY_S:
-        await asyncio.sleep(PING_EVERY_S)
+    while seconds > ping_every:
+        await asyncio.sleep(ping_every)
         await send(_PING)
-        seconds -= PING_EVERY_S
+        seconds -= ping_every
     if seconds > 0:
         await asyncio.sleep(seconds)
 
