@@ -44,18 +44,23 @@ def normalize_messages(messages: list[Message], *, prefill: bool = True) -> list
       missing one is filled with ``NO_RESULT``; outputs that answer no call of the previous
       assistant turn are dropped (the API refuses both orphans). A history that ends on tool
       calls gets a final user turn of filled results;
-    - a final assistant turn (a prefill) ends in text without trailing whitespace: trailing
-      whitespace is trimmed, trailing thinking blocks dropped, and the turn itself dropped when
-      nothing is left (the API refuses a prefill that ends in whitespace). With
-      ``prefill=False`` (models that refuse any prefill) a final assistant turn is dropped.
+    - thinking blocks stand where the API takes them: an assistant turn that holds any opens
+      with one, and none ends with one; misplaced ones (left by merging turns) and trailing
+      ones are dropped, and a turn of nothing but thinking goes;
+    - a final assistant turn (a prefill) holds no thinking (the API refuses it there unless
+      thinking is on, and then the prefill would have to open with it) and ends in text
+      without trailing whitespace: that whitespace is trimmed, and the turn dropped when
+      nothing is left. With ``prefill=False`` (models that refuse any prefill) a final
+      assistant turn is dropped.
 
     Merging comes before pairing, so the outputs after two call turns that only a blank turn
     separated answer the calls of both. Thinking and redacted_thinking blocks are never
-    altered (their signature covers the exact text), only dropped when they end a prefill.
-    The result may be empty; callers decide whether that is an error.
+    altered (their signature covers the exact text), only dropped. The result may be empty;
+    callers decide whether that is an error.
     """
     turns = _merge(messages)
     turns = _merge(_pair_tool_results(turns))
+    turns = _merge(map(_place_thinking, turns))
     if not prefill and turns and turns[-1]["role"] == "assistant":
         return turns[:-1]
     return _trim_prefill(turns)
@@ -150,21 +155,31 @@ def _answers(calls: list[tuple[str, str]], blocks: list[Block]) -> list[Block]:
     return results + [b for b in blocks if b.get("type") != "tool_result"]
 
 
+def _place_thinking(turn: Message) -> Message:
+    """An assistant turn with its thinking only where the API takes it (may leave it empty)."""
+    content: list[Block] = turn["content"]
+    if turn["role"] != "assistant" or not any(b.get("type") in _THINKING for b in content):
+        return turn
+    if content[0].get("type") not in _THINKING:
+        content = [b for b in content if b.get("type") not in _THINKING]
+    end = len(content)
+    while end and content[end - 1].get("type") in _THINKING:
+        end -= 1
+    return {"role": "assistant", "content": content[:end]}
+
+
 def _trim_prefill(turns: list[Message]) -> list[Message]:
     if not turns or turns[-1]["role"] != "assistant":
         return turns
-    content = list(turns[-1]["content"])
-    while content:
+    content = [b for b in turns[-1]["content"] if b.get("type") not in _THINKING]
+    while content and content[-1].get("type") == "text":
         last = content[-1]
-        if last.get("type") in _THINKING:
-            content.pop()
-        elif last.get("type") == "text" and (text := last["text"].rstrip()) != last["text"]:
-            if text:
+        text = last["text"].rstrip()
+        if text:
+            if text != last["text"]:
                 content[-1] = last | {"text": text}
-                break
-            content.pop()
-        else:
             break
+        content.pop()
     if not content:
         return turns[:-1]
     return [*turns[:-1], {"role": "assistant", "content": content}]

@@ -284,6 +284,21 @@ def test_thinking_blocks_are_kept_byte_exact() -> None:
     assert out[1] == assistant(block, redacted, call("a"))
 
 
+def test_thinking_only_opens_an_assistant_turn_and_never_ends_one() -> None:
+    block = thinking()
+    rough = [user(text("go")), assistant(text("a")), assistant(block, call("a")),
+             user(result("a")), assistant(block, text("b"), block), user(text("more")),
+             assistant(block), user(text("again"))]
+    assert normalize_messages(rough) == [
+        user(text("go")), assistant(text("a"), call("a")), user(result("a")),
+        assistant(block, text("b")), user(text("more"), text("again"))]
+
+
+def test_a_prefill_holds_no_thinking() -> None:
+    rough = [user(text("q")), assistant(thinking(), text("A "))]
+    assert normalize_messages(rough) == [user(text("q")), assistant(text("A"))]
+
+
 def test_the_input_is_not_modified() -> None:
     rough = [user(text("go")), assistant(call("a")), assistant(call("a")), user(result("a"))]
     snapshot = repr(rough)
@@ -387,8 +402,9 @@ def response_items(model: str) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @EXAMPLES
-@given(model_and_input=MODELS.flatmap(lambda m: st.tuples(
-           st.just(m), TEXTS | st.lists(response_items(m), min_size=1, max_size=8))),
+@given(model_and_input=st.one_of(*(
+           st.tuples(st.just(m), TEXTS | st.lists(response_items(m), min_size=1, max_size=8))
+           for m in (MODEL, PREFILL_MODEL))),
        effort=EFFORTS, adaptive=st.booleans(), instructions=st.none() | TEXTS,
        max_output_tokens=st.none() | st.sampled_from([1, 2000, 4096]))
 def test_any_responses_input_translates_to_a_request_the_api_accepts(
