@@ -98,20 +98,33 @@ def test_the_simulator_refuses_the_history_as_it_used_to_be_forwarded(
     assert resp.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("name", HISTORIES)
-def test_chat_completions_answers_the_history(oai: openai.OpenAI, name: str) -> None:
+def test_chat_completions_answers_the_history(oai: openai.OpenAI, name: str, stream: bool) -> None:
     messages, _, tools, _, model = HISTORIES[name]
     extra: dict[str, Any] = {"tools": CHAT_TOOLS} if tools else {}
-    reply = oai.chat.completions.create(model=model, max_tokens=64, messages=messages, **extra)
-    assert reply.choices[0].finish_reason in ("stop", "tool_calls")
+    if stream:
+        chunks = list(oai.chat.completions.create(model=model, max_tokens=64, stream=True,
+                                                  messages=messages, **extra))
+        assert chunks[-1].choices[0].finish_reason in ("stop", "tool_calls")
+    else:
+        reply = oai.chat.completions.create(model=model, max_tokens=64, messages=messages,
+                                            **extra)
+        assert reply.choices[0].finish_reason in ("stop", "tool_calls")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("name", HISTORIES)
-def test_responses_answers_the_history(oai: openai.OpenAI, name: str) -> None:
+def test_responses_answers_the_history(oai: openai.OpenAI, name: str, stream: bool) -> None:
     _, items, tools, _, model = HISTORIES[name]
     extra: dict[str, Any] = {"tools": RESPONSES_TOOLS} if tools else {}
-    reply = oai.responses.create(model=model, max_output_tokens=64, input=items, **extra)
-    assert reply.status == "completed"
+    if stream:
+        events = list(oai.responses.create(model=model, max_output_tokens=64, stream=True,
+                                           input=items, **extra))
+        assert events[-1].type == "response.completed"
+    else:
+        reply = oai.responses.create(model=model, max_output_tokens=64, input=items, **extra)
+        assert reply.status == "completed"
 
 
 @pytest.mark.parametrize("name", HISTORIES)
