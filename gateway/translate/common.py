@@ -1,6 +1,6 @@
 """Pieces shared by the Chat Completions and Responses translators.
 
-Content parts, tool ids, turn assembly, thinking budgets, usage and error mapping.
+Content parts, tool ids, history tools, thinking budgets, usage and error mapping.
 """
 
 from __future__ import annotations
@@ -38,12 +38,29 @@ THINKING_BUDGETS = {
 # Adaptive models take output_config.effort instead of a budget (A2: low…max).
 _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                     "xhigh": "xhigh", "max": "max"}
-_NO_RESULT = "No output recorded."
 
 _TOOL_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$")
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
+# One- or two-digit runs: the version parts of a model id, never its 8-digit date.
+_VERSION_PARTS = re.compile(r"(?<![0-9])[0-9]{1,2}(?![0-9])")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE = re.compile(r"^\+?[\d\s().-]{7,}$")
+
+
+def model_generation(model_id: str) -> tuple[int, int] | None:
+    """(major, minor) of a Claude model id (``claude-opus-4-5-20251101`` → (4, 5),
+    ``claude-sonnet-5`` → (5, 0)); None for a name without a version."""
+    parts = [int(p) for p in _VERSION_PARTS.findall(model_id)[:2]]
+    if not parts:
+        return None
+    return parts[0], parts[1] if len(parts) > 1 else 0
+
+
+def accepts_prefill(model_id: str) -> bool:
+    """Whether the model continues a final assistant turn; Claude 4.6 and later (and names
+    without a version, such as claude-mythos-preview) answer such a request with 400."""
+    generation = model_generation(model_id)
+    return generation is not None and generation < (4, 6)
 
 
 def sanitize_tool_id(raw: str) -> str:
@@ -143,59 +160,11 @@ def input_schema(parameters: Any) -> dict[str, Any]:
 
 
 def text_block(text: Any) -> list[Block]:
-    """Zero or one text block: Anthropic rejects empty text blocks."""
-    return [{"type": "text", "text": text}] if isinstance(text, str) and text else []
+    """Zero or one text block; blank ones are left for ``normalize_messages`` to drop."""
+    return [{"type": "text", "text": text}] if isinstance(text, str) else []
 
 
-# -- turns -----------------------------------------------------------------------------------
-
-
-class Turns:
-    """Collects Anthropic turns, merging consecutive same-role turns as they are added."""
-
-    __slots__ = ("_turns",)
-
-    def __init__(self) -> None:
-        self._turns: list[tuple[str, list[Block]]] = []
-
-    def add(self, role: str, blocks: list[Block]) -> None:
-        if self._turns and self._turns[-1][0] == role:
-            self._turns[-1][1].extend(blocks)
-        else:
-            self._turns.append((role, list(blocks)))
-
-    def messages(self) -> list[dict[str, Any]]:
-        """Final messages: every tool_use answered in the next user turn, strays dropped."""
-        paired: list[tuple[str, list[Block]]] = []
-        for role, blocks in self._turns:
-            if role == "user":
-                blocks = _pair_results(_tool_use_ids(paired), blocks)
-            elif _tool_use_ids(paired):
-                paired.append(("user", _pair_results(_tool_use_ids(paired), [])))
-            if paired and paired[-1][0] == role:
-                paired[-1][1].extend(blocks)
-            elif blocks:
-                paired.append((role, list(blocks)))
-        if _tool_use_ids(paired):
-            paired.append(("user", _pair_results(_tool_use_ids(paired), [])))
-        return [{"role": role, "content": blocks} for role, blocks in paired if blocks]
-
-
-def _tool_use_ids(paired: list[tuple[str, list[Block]]]) -> list[str]:
-    if not paired or paired[-1][0] != "assistant":
-        return []
-    return [b["id"] for b in paired[-1][1] if b.get("type") == "tool_use"]
-
-
-def _pair_results(expected: list[str], blocks: list[Block]) -> list[Block]:
-    # tool_result blocks must come first in the user turn, one per preceding tool_use.
-    found: dict[str, Block] = {}
-    for block in blocks:
-        if block.get("type") == "tool_result" and block["tool_use_id"] in expected:
-            found.setdefault(block["tool_use_id"], block)
-    results = [found.get(i) or {"type": "tool_result", "tool_use_id": i, "content": _NO_RESULT}
-               for i in expected]
-    return results + [b for b in blocks if b.get("type") != "tool_result"]
+# -- history tools -------------------------------------------------------------------------
 
 
 def define_history_tools(request: dict[str, Any]) -> None:
@@ -203,7 +172,7 @@ def define_history_tools(request: dict[str, Any]) -> None:
     inert stubs for the names the history uses and forbid new calls."""
     if request.get("tools"):
         return
-    # After Turns.messages() every tool_result has its tool_use, so the calls suffice.
+    # After normalize_messages() every tool_result has its tool_use, so the calls suffice.
     names = dict.fromkeys(block["name"] for message in request["messages"]
                           for block in message["content"] if block.get("type") == "tool_use")
     if names:
@@ -252,7 +221,7 @@ def apply_thinking(request: dict[str, Any], effort: Any, *, explicit_max: bool, 
         return
     if effort not in THINKING_BUDGETS:
         raise InvalidRequest(f"Unsupported reasoning effort {effort!r}.", param=param)
-    if _replays_tool_use_without_thinking(request["messages"]):
+    if _final_assistant_turn_lacks_thinking(request["messages"]):
         # The API demands the final assistant turn open with its signed thinking block.
         return
     if adaptive:
@@ -276,9 +245,11 @@ def apply_thinking(request: dict[str, Any], effort: Any, *, explicit_max: bool, 
         request["tool_choice"] = {k: v for k, v in choice.items() if k != "name"} | {"type": "auto"}
 
 
-def _replays_tool_use_without_thinking(messages: list[dict[str, Any]]) -> bool:
+def _final_assistant_turn_lacks_thinking(messages: list[dict[str, Any]]) -> bool:
+    # The final assistant turn is a prefill, or the one whose calls the tool loop answers.
     last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
-    if last is None or not any(b.get("type") == "tool_use" for b in last["content"]):
+    if last is None or not (last is messages[-1]
+                            or any(b.get("type") == "tool_use" for b in last["content"])):
         return False
     return last["content"][0].get("type") not in ("thinking", "redacted_thinking")
 

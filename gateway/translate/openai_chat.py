@@ -9,7 +9,7 @@ import orjson
 from gateway.errors import InvalidRequest
 from gateway.translate.common import (
     Block,
-    Turns,
+    accepts_prefill,
     anthropic_error_fields,
     apply_sampling,
     apply_thinking,
@@ -32,6 +32,7 @@ from gateway.translate.common import (
     tool_choice,
     user_metadata,
 )
+from gateway.translate.normalize import Message, is_blank, normalize_messages
 
 DEFAULT_MAX_TOKENS = 8192
 _FINISH_REASONS = {
@@ -66,10 +67,14 @@ def chat_request_to_anthropic(
         raise InvalidRequest("messages must be a non-empty array.", param="messages")
     if body.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")
-    system, turns = _convert_messages(messages)
+    system, history = _convert_messages(messages)
+    turns = normalize_messages(history, prefill=accepts_prefill(model))
+    if not turns:
+        raise InvalidRequest("messages must contain a user or assistant message with content.",
+                             param="messages")
     limit, explicit = output_limit(body, ("max_completion_tokens", "max_tokens"),
                                    DEFAULT_MAX_TOKENS)
-    request: dict[str, Any] = {"model": model, "max_tokens": limit, "messages": turns.messages()}
+    request: dict[str, Any] = {"model": model, "max_tokens": limit, "messages": turns}
     if system:
         request["system"] = "\n".join(system)
     if body.get("stream") is True:
@@ -91,21 +96,26 @@ def chat_request_to_anthropic(
     return request
 
 
-def _convert_messages(messages: list[Any]) -> tuple[list[str], Turns]:
+def _convert_messages(messages: list[Any]) -> tuple[list[str], list[Message]]:
+    """(system texts, one rough Anthropic turn per message) for ``normalize_messages``."""
     system: list[str] = []
-    turns = Turns()
+    turns: list[Message] = []
+
+    def add(role: str, blocks: list[Block]) -> None:
+        turns.append({"role": role, "content": blocks})
+
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest("Each message must be an object.", param=f"messages[{i}]")
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
-            system.extend(_texts(content))
+            system.extend(t for t in _texts(content) if not is_blank(t))
         elif role == "user":
-            turns.add("user", _user_blocks(content, f"messages[{i}].content"))
+            add("user", _user_blocks(content, f"messages[{i}].content"))
         elif role == "assistant":
-            turns.add("assistant", _assistant_blocks(message, i))
+            add("assistant", _assistant_blocks(message, i))
         elif role == "tool":
-            turns.add("user", [_tool_result(message)])
+            add("user", [_tool_result(message)])
         else:
             raise InvalidRequest(f"Unsupported message role {role!r}.", param=f"messages[{i}].role")
     return system, turns
@@ -113,10 +123,9 @@ def _convert_messages(messages: list[Any]) -> tuple[list[str], Turns]:
 
 def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
-        return [content] if content else []
+        return [content]
     parts = content if isinstance(content, list) else []
-    return [p["text"] for p in parts
-            if isinstance(p, dict) and isinstance(p.get("text"), str) and p["text"]]
+    return [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
 
 
 def _user_blocks(content: Any, param: str) -> list[Block]:
@@ -163,10 +172,10 @@ def _tool_result(message: dict[str, Any]) -> Block:
     block: Block = {"type": "tool_result",
                     "tool_use_id": sanitize_tool_id(str(message.get("tool_call_id") or ""))}
     content = message.get("content")
-    if isinstance(content, str) and content:
+    if isinstance(content, str):
         block["content"] = content
-    elif texts := _texts(content if isinstance(content, list) else None):
-        block["content"] = [{"type": "text", "text": t} for t in texts]
+    elif isinstance(content, list):
+        block["content"] = [{"type": "text", "text": t} for t in _texts(content)]
     return block
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from gateway.errors import InvalidRequest, PreviousResponseNotFound
 from gateway.translate.common import (
     Block,
-    Turns,
+    accepts_prefill,
     apply_sampling,
     apply_thinking,
     as_dict,
@@ -28,6 +28,7 @@ from gateway.translate.common import (
     tool_choice,
     user_metadata,
 )
+from gateway.translate.normalize import Message, drop_blank_text, normalize_messages
 from gateway.translate.responses_stream import ResponsesStreamTranslator, decode_reasoning
 
 __all__ = [
@@ -89,13 +90,13 @@ def responses_request_to_anthropic(
     convert = _Converter(model)
     for item in items:
         convert.item(item)
-    messages = convert.turns.messages()
+    messages = normalize_messages(convert.turns, prefill=accepts_prefill(model))
     if not messages:
         raise InvalidRequest("input must contain at least one message.", param="input")
     limit, explicit = output_limit(body, ("max_output_tokens",), DEFAULT_MAX_OUTPUT_TOKENS)
     request: dict[str, Any] = {"model": model, "max_tokens": limit, "messages": messages}
     instructions = body.get("instructions")
-    system = [*text_block(instructions), *convert.system]
+    system = drop_blank_text([*text_block(instructions), *convert.system])
     if system:
         # Codex resends a long, stable prefix every turn: cache it.
         system[-1] = system[-1] | {"cache_control": _EPHEMERAL}
@@ -271,7 +272,8 @@ def _number(value: Any) -> float | None:
 
 
 class _Converter:
-    """Walks the input items in order, building turns, the system blocks and the id map."""
+    """Walks the input items in order, building rough turns (one per item, for
+    ``normalize_messages``), the system blocks and the id map."""
 
     __slots__ = ("model", "system", "tool_ids", "turns")
 
@@ -279,20 +281,23 @@ class _Converter:
         self.model = model
         self.system: list[Block] = []
         self.tool_ids: dict[str, str] = {}
-        self.turns = Turns()
+        self.turns: list[Message] = []
+
+    def add(self, role: str, blocks: list[Block]) -> None:
+        self.turns.append({"role": role, "content": blocks})
 
     def item(self, item: dict[str, Any]) -> None:
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
             self._message(item)
         elif kind in ("function_call", "custom_tool_call", "local_shell_call"):
-            self.turns.add("assistant", [self._tool_use(kind, item)])
+            self.add("assistant", [self._tool_use(kind, item)])
         elif kind in _OUTPUT_ITEMS:
-            self.turns.add("user", [self._tool_result(item)])
+            self.add("user", [self._tool_result(item)])
         elif kind == "reasoning":
             # Only our own blobs replay; summaries alone cannot be signed again.
             if block := decode_reasoning(item.get("encrypted_content"), self.model):
-                self.turns.add("assistant", [block])
+                self.add("assistant", [block])
         # web_search_call, compaction, item_reference, additional_tools (hoisted into tools)
         # and unknown item types carry nothing Claude can replay.
 
@@ -301,7 +306,7 @@ class _Converter:
         if role in ("system", "developer"):
             self.system += _parts(content, images=False)
         elif role in ("user", "assistant"):
-            self.turns.add(role, _parts(content, images=role == "user"))
+            self.add(role, _parts(content, images=role == "user"))
 
     def _call_id(self, item: dict[str, Any]) -> str:
         raw = str(item.get("call_id") or item.get("id") or "")
@@ -326,11 +331,11 @@ class _Converter:
         block: Block = {"type": "tool_result", "tool_use_id": self._call_id(item)}
         output = item.get("output")
         if isinstance(output, list):
-            output = _parts(output, images=True) or None
-        elif isinstance(output, dict):
-            output = dumps(output)
-        if output:
+            block["content"] = _parts(output, images=True)
+        elif isinstance(output, str):
             block["content"] = output
+        elif output is not None:
+            block["content"] = dumps(output)
         return block
 
 
