@@ -8,15 +8,22 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from gateway import accounts, admin_tokens, openapi
+from gateway import accounts, admin_tokens, audit, erasure, openapi
 from gateway.clock import make_clock
-from gateway.errors import AuthenticationFailed, ConfigError, InvalidRequest, PayloadTooLarge
-from gateway.plans import Plan, list_plans, set_plan
+from gateway.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    InvalidRequest,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+from gateway.operations import Operator
+from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
 from gateway.routes import json_response
 from gateway.scripts import fail_closed
 
@@ -30,6 +37,8 @@ _MISSING = (
     "Missing operator token: send Authorization: Bearer <token> from `antex admin-token create`."
 )
 _WRONG = "Invalid operator token."
+_READ_ONLY = "This operator token is read-only; a full token is needed to change anything."
+_PAGE_MAX = 500
 
 Endpoint = Callable[..., Awaitable[Response]]
 
@@ -76,6 +85,21 @@ def query_int(request: Request, name: str, default: int, maximum: int) -> int:
     return max(1, min(maximum, value))
 
 
+def page_params(request: Request) -> tuple[int, int]:
+    """``(limit, offset)`` from ``?limit=&cursor=``; the cursor is opaque to clients."""
+    limit = query_int(request, "limit", 100, _PAGE_MAX)
+    raw = (request.query.get("cursor") or [""])[0]
+    if raw and not raw.isdigit():
+        raise InvalidRequest("cursor: not a cursor from a previous page", param="cursor")
+    return limit, int(raw or 0)
+
+
+def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    chunk = items[offset : offset + limit]
+    more = offset + limit < len(items)
+    return {"data": chunk, "next_cursor": str(offset + limit) if more else None}
+
+
 class AdminApi:
     """The handlers; each one authorizes first, then does one operation from ``accounts``."""
 
@@ -83,25 +107,35 @@ class AdminApi:
         self.valkey = res.valkey
         self.limiter = res.limiter
         self.rounds = res.settings.bcrypt_rounds
+        self.retention_days = res.settings.audit_retention_days
         self.default_plan = res.settings.default_plan
         # The limiter's clock (tests move it), so periods line up with what admit.lua sees.
         self.now = make_clock(res.settings.clock_file)
 
-    async def authorize(self, request: Request) -> str:
-        """The operator's token name, or 401."""
+    async def authorize(self, request: Request) -> dict[str, Any]:
+        """The operator token's metadata (name, scope), or 401."""
         header = request.get_first_header(b"authorization")
         if not header or header[:7].lower() != b"bearer ":
             raise AuthenticationFailed(_MISSING)
         meta = await admin_tokens.check_token(self.valkey, header[7:].decode("latin-1").strip())
         if meta is None:
             raise AuthenticationFailed(_WRONG)
-        return str(meta.get("name", "operator"))
+        return meta
+
+    def acting(self, request: Request) -> Operator:
+        """The operator making this (authorized) request; its changes go to the audit trail."""
+        name = str(cast(dict[str, Any], request.scope).get("antex.operator", "operator"))
+        return Operator(self.valkey, name, self.now, self.retention_days, self.rounds)
 
     def operator(self, fn: Endpoint) -> Endpoint:
         @functools.wraps(fn)
         async def call(request: Request, *params: str) -> Response:
             with fail_closed():
-                operator = await self.authorize(request)
+                meta = await self.authorize(request)
+                operator = str(meta.get("name", "operator"))
+                if request.method != "GET" and meta.get("scope") != "full":
+                    raise PermissionDenied(_READ_ONLY)
+                cast(dict[str, Any], request.scope)["antex.operator"] = operator
                 response = await fn(request, *params)
             # An audit line names the operation, never the path: a pasted key could be in it.
             log.info("admin %s by %s: %d", fn.__name__, operator, response.status)
@@ -118,8 +152,12 @@ class AdminApi:
     # -- accounts
 
     async def list_accounts(self, request: Request) -> Response:
+        limit, offset = page_params(request)
         found = await accounts.list_accounts(self.valkey, now_ms=self.now())
-        return json_response(200, {"data": found})
+        needle = (request.query.get("q") or [""])[0].strip().lower()
+        if needle:
+            found = [a for a in found if needle in (a["email"] or "") or needle in a["id"]]
+        return json_response(200, page(found, limit, offset))
 
     async def create_account(self, request: Request) -> Response:
         body = await json_body(request)
@@ -127,7 +165,7 @@ class AdminApi:
         plan = field(body, "plan", str)
         if plan is None and "plan" not in body:
             plan = await self._default_plan()
-        account_id = await accounts.create_account(self.valkey, email, plan, now_ms=self.now())
+        account_id = await self.acting(request).create_account(email, plan)
         return json_response(
             201, await accounts.show_account(self.valkey, account_id, now_ms=self.now())
         )
@@ -148,37 +186,53 @@ class AdminApi:
         body = await json_body(request)
         plan = field(body, "plan", str, required=True)
         days = field(body, "period_days", int)
-        view = await accounts.assign_plan(
-            self.valkey, await self.account_id(account), plan, now_ms=self.now(), period_days=days
-        )
+        view = await self.acting(request).assign_plan(await self.account_id(account), plan, days)
         return json_response(200, view)
 
     async def extend(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
         body = await json_body(request)
         days = field(body, "days", int)
-        if days is None:
-            days = await self._plan_period(account_id)
-        view = await accounts.extend_plan(self.valkey, account_id, days, now_ms=self.now())
+        view = await self.acting(request).extend(account_id, days)
         return json_response(200, view)
-
-    async def _plan_period(self, account_id: str) -> int:
-        name = (await accounts.get_account(self.valkey, account_id)).get("plan")
-        for plan in await list_plans(self.valkey):
-            if plan.name == name:
-                return plan.period_days
-        raise InvalidRequest("days: field required (the account's plan no longer exists)")
 
     async def cancel(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
+        return json_response(200, await self.acting(request).cancel(account_id))
+
+    async def delete_account(self, request: Request, account: str) -> Response:
+        account_id = await self.account_id(account)
+        return json_response(200, await self.acting(request).delete_account(account_id))
+
+    async def deletion_requests(self, request: Request) -> Response:
+        limit, offset = page_params(request)
+        found = await erasure.list_requests(self.valkey, self.now())
+        return json_response(200, page(found, limit, offset))
+
+    async def audit_trail(self, request: Request) -> Response:
+        limit, offset = page_params(request)
+        q = request.query
+        account = (q.get("account") or [""])[0]
+        since = (q.get("since_ms") or [""])[0]
+        if since and not since.isdigit():
+            raise InvalidRequest("since_ms: must be an integer", param="since_ms")
+        found, more = await audit.query(
+            self.valkey,
+            actor=(q.get("actor") or [""])[0] or None,
+            action=(q.get("action") or [""])[0] or None,
+            since_ms=int(since) if since else None,
+            account=await self.account_id(account) if account else None,
+            limit=limit,
+            offset=offset,
+        )
         return json_response(
-            200, await accounts.cancel_plan(self.valkey, account_id, now_ms=self.now())
+            200, {"data": found, "next_cursor": None if more is None else str(more)}
         )
 
     async def account_slots(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
         add = field(await json_body(request), "add", int, required=True)
-        total = await accounts.add_account_ip_slots(self.valkey, account_id, add)
+        total = await self.acting(request).add_account_slots(account_id, add)
         return json_response(200, {"account_id": account_id, "extra_ip_slots": total})
 
     async def usage(self, request: Request, account: str) -> Response:
@@ -202,9 +256,7 @@ class AdminApi:
     async def create_key(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
         name = field(await json_body(request), "name", str) or "default"
-        created = await accounts.create_key(
-            self.valkey, account_id, name, rounds=self.rounds, now_ms=self.now()
-        )
+        created = await self.acting(request).create_key(account_id, name)
         # The only response that ever carries a key; it is not logged and cannot be repeated.
         return json_response(
             201,
@@ -217,14 +269,11 @@ class AdminApi:
 
     async def revoke_key(self, request: Request, key_id: str) -> Response:
         account_id, key = await self.key_ref(key_id)
-        await accounts.revoke_key(self.valkey, account_id, key, now_ms=self.now())
-        return json_response(200, await accounts.get_key(self.valkey, account_id, key))
+        return json_response(200, await self.acting(request).revoke_key(account_id, key))
 
     async def release_key(self, request: Request, key_id: str) -> Response:
         account_id, key = await self.key_ref(key_id)
-        return json_response(
-            200, await accounts.release_key(self.valkey, account_id, key, now_ms=self.now())
-        )
+        return json_response(200, await self.acting(request).release_key(account_id, key))
 
     async def list_ips(self, request: Request, key_id: str) -> Response:
         account_id, key = await self.key_ref(key_id)
@@ -236,24 +285,31 @@ class AdminApi:
         ip, everything = field(body, "ip", str), field(body, "all", bool)
         if (ip is None) == (not everything):
             raise InvalidRequest('send either {"ip": "<address>"} or {"all": true}', param="ip")
-        removed = await accounts.unbind_ips(self.valkey, account_id, key, ip, now_ms=self.now())
+        removed = await self.acting(request).unbind_ips(account_id, key, ip)
         return json_response(200, {"key_id": key, "unbound": removed})
 
     async def key_slots(self, request: Request, key_id: str) -> Response:
         account_id, key = await self.key_ref(key_id)
         add = field(await json_body(request), "add", int, required=True)
-        total = await accounts.add_key_ip_slots(self.valkey, account_id, key, add)
+        total = await self.acting(request).add_key_slots(account_id, key, add)
         view = await accounts.get_key(self.valkey, account_id, key)
         return json_response(
             200, {"key_id": key, "extra_ip_slots": total, "ip_slots": view["ip_slots"]}
         )
 
     async def quarantine(self, request: Request) -> Response:
+        limit, offset = page_params(request)
         account = request.query.get("account")
         account_id = await self.account_id(account[0]) if account else None
-        return json_response(
-            200, {"data": await accounts.list_quarantined(self.valkey, account_id)}
-        )
+        flagged = await accounts.list_flagged(self.valkey)
+        if account_id is not None:
+            flagged = [f for f in flagged if f["account_id"] == account_id]
+        found = await accounts.list_quarantined(self.valkey, account_id)
+        return json_response(200, {**page(found, limit, offset), "flagged": flagged})
+
+    async def clear_flag(self, request: Request, account: str) -> Response:
+        account_id = await self.account_id(account)
+        return json_response(200, await self.acting(request).clear_flag(account_id))
 
     # -- plans
 
@@ -263,6 +319,10 @@ class AdminApi:
 
     async def put_plan(self, request: Request, name: str) -> Response:
         body = await json_body(request)
+        max_keys = field(body, "max_keys", int)
+        if max_keys is None:
+            current = next((p for p in await list_plans(self.valkey) if p.name == name), None)
+            max_keys = current.max_keys if current else DEFAULT_MAX_KEYS
         try:
             plan = Plan(
                 name=name,
@@ -272,10 +332,11 @@ class AdminApi:
                 concurrency=field(body, "concurrency", int, required=True),
                 period_days=field(body, "period_days", int) or 30,
                 description=field(body, "description", str) or "",
+                max_keys=max_keys,
             )
         except ConfigError as exc:
             raise InvalidRequest(exc.message) from None
-        updated = await set_plan(self.valkey, plan)
+        updated = await self.acting(request).set_plan(plan)
         return json_response(
             200, {"plan": orjson.loads(plan.to_json()), "accounts_updated": updated}
         )
@@ -289,10 +350,12 @@ def register(app: Application, res: Resources) -> None:
     r.add_get("/admin/accounts", op(api.list_accounts))
     r.add_post("/admin/accounts", op(api.create_account))
     r.add_get("/admin/accounts/:account", op(api.show_account))
+    r.add_delete("/admin/accounts/:account", op(api.delete_account))
     r.add_post("/admin/accounts/:account/plan", op(api.assign_plan))
     r.add_post("/admin/accounts/:account/extend", op(api.extend))
     r.add_post("/admin/accounts/:account/cancel", op(api.cancel))
     r.add_post("/admin/accounts/:account/ip-slots", op(api.account_slots))
+    r.add_post("/admin/accounts/:account/clear-flag", op(api.clear_flag))
     r.add_get("/admin/accounts/:account/usage", op(api.usage))
     r.add_get("/admin/accounts/:account/events", op(api.events))
     r.add_get("/admin/accounts/:account/keys", op(api.list_keys))
@@ -304,6 +367,8 @@ def register(app: Application, res: Resources) -> None:
     r.add_post("/admin/keys/:key_id/ips/unbind", op(api.unbind))
     r.add_post("/admin/keys/:key_id/ip-slots", op(api.key_slots))
     r.add_get("/admin/quarantine", op(api.quarantine))
+    r.add_get("/admin/audit", op(api.audit_trail))
+    r.add_get("/admin/deletion-requests", op(api.deletion_requests))
     r.add_get("/admin/plans", op(api.plans))
     r.add_put("/admin/plans/:name", op(api.put_plan))
 

@@ -14,9 +14,11 @@ import orjson
 import valkey.asyncio as avalkey
 
 from gateway import keyspace
-from gateway.errors import NotFound
+from gateway.errors import InvalidRequest, NotFound
 
 TOKEN_PREFIX = "antex_op_"
+# "full" may change state; "read" may only read (GET). Tokens from before scopes are full.
+SCOPES = ("full", "read")
 
 
 def digest(token: str) -> str:
@@ -28,11 +30,16 @@ def token_id(token_digest: str) -> str:
     return token_digest[:12]
 
 
-async def create_token(client: avalkey.Valkey, name: str, *, now_ms: int) -> tuple[str, str]:
-    """``(token_id, token)``; the token itself is never stored and cannot be shown again."""
+async def create_token(
+    client: avalkey.Valkey, name: str, *, now_ms: int, scope: str = "full"
+) -> tuple[str, str]:
+    """``(token_id, token)``; the token itself is never stored and cannot be shown again.
+    ``scope`` is one of ``SCOPES``."""
+    if scope not in SCOPES:
+        raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}", param="scope")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     d = digest(token)
-    meta = {"name": name or "operator", "created_ms": now_ms}
+    meta = {"name": name or "operator", "created_ms": now_ms, "scope": scope}
     await client.hset(keyspace.ADMIN_TOKENS, d, orjson.dumps(meta))
     return token_id(d), token
 
@@ -42,7 +49,7 @@ async def check_token(client: avalkey.Valkey, token: str) -> dict[str, Any] | No
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         return None
     raw = await client.hget(keyspace.ADMIN_TOKENS, digest(token))
-    return None if raw is None else dict(orjson.loads(raw))
+    return None if raw is None else {"scope": "full", **orjson.loads(raw)}
 
 
 async def list_tokens(client: avalkey.Valkey) -> list[dict[str, Any]]:
@@ -50,15 +57,16 @@ async def list_tokens(client: avalkey.Valkey) -> list[dict[str, Any]]:
     out = []
     for d, meta in raw.items():
         text = d.decode() if isinstance(d, bytes) else str(d)
-        out.append({"token_id": token_id(text), **orjson.loads(meta)})
+        out.append({"token_id": token_id(text), "scope": "full", **orjson.loads(meta)})
     return sorted(out, key=lambda t: t["created_ms"])
 
 
-async def revoke_token(client: avalkey.Valkey, tid: str) -> None:
-    raw = await client.hkeys(keyspace.ADMIN_TOKENS)
-    for d in raw:
+async def revoke_token(client: avalkey.Valkey, tid: str) -> dict[str, Any]:
+    """Removes the token; returns its metadata (name, scope, created_ms)."""
+    raw = await client.hgetall(keyspace.ADMIN_TOKENS)
+    for d, meta in raw.items():
         text = d.decode() if isinstance(d, bytes) else str(d)
         if token_id(text) == tid:
             await client.hdel(keyspace.ADMIN_TOKENS, text)
-            return
+            return {"scope": "full", **orjson.loads(meta)}
     raise NotFound(f"no operator token {tid!r}")

@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
 from gateway.config import Settings
+from gateway.console import routes as console
 from gateway.dashboard import routes as dashboard
 from gateway.edge import edge_middleware, error_response
 from gateway.limits import CreditLimiter, LimiterSettings
@@ -180,6 +181,7 @@ def create_app(settings: Settings) -> Application:
     observability.register(app, res)  # GET /metrics and the counters' hooks
     admin_api.register(app, res)  # /admin/... (operator token) and /openapi.json
     dashboard.register(app, res)  # /dashboard/... (customer pages, cookie sessions)
+    console.register(app, res)  # /admin/console/... (operator pages, token-backed sessions)
     return app
 
 

@@ -11,20 +11,22 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import valkey.asyncio as avalkey
 
-from gateway import accounts, admin_tokens
+from gateway import __version__, accounts, admin_tokens, audit, erasure, keyspace, snapshot
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey
-from gateway.errors import AntexError, InvalidRequest
+from gateway.errors import AntexError, ConfigError, InvalidRequest
 from gateway.limits import CreditLimiter, rfc3339
-from gateway.plans import Plan, get_plan, list_plans, set_plan
+from gateway.operations import Operator
+from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
 from gateway.scripts import Scripts
 from gateway.valkey_client import open_client
 
@@ -40,13 +42,26 @@ def command(group: str, action: str) -> Callable[[Command], Command]:
     return register
 
 
+def _holds_data(data_dir: Path) -> bool:
+    return (data_dir / "appendonlydir").is_dir() or (data_dir / "dump.rdb").is_file()
+
+
 @contextlib.asynccontextmanager
-async def admin_valkey(settings: Settings) -> AsyncIterator[avalkey.Valkey]:
+async def admin_valkey(settings: Settings, *, init: bool = False) -> AsyncIterator[avalkey.Valkey]:
+    """The store the server uses. A data folder with no running Valkey and no data is most
+    likely the wrong folder: starting an empty store there would create keys the live server
+    never sees, so that needs ``init``."""
     embedded: EmbeddedValkey | None = None
     url = settings.valkey_url
     if url is None:
         candidate = EmbeddedValkey(Path(settings.data_dir))
         url = candidate.running_url()
+        if url is None and not init and not _holds_data(candidate.data_dir):
+            raise ConfigError(
+                f"no Valkey is running for ANTEX_DATA_DIR={candidate.data_dir} and it holds "
+                "no data. Run this from the gateway's folder (or set ANTEX_DATA_DIR or "
+                "ANTEX_VALKEY_URL like the server); pass --init to create a new empty store."
+            )
         if url is None:
             url = await asyncio.to_thread(candidate.start)
             embedded = candidate
@@ -68,6 +83,13 @@ def emit(args: argparse.Namespace, value: Any, text: str) -> None:
 
 def _now(s: Settings) -> int:
     return make_clock(s.clock_file)()
+
+
+def _operator(client: avalkey.Valkey, s: Settings) -> Operator:
+    return Operator(
+        client, audit.cli_actor(), make_clock(s.clock_file), s.audit_retention_days,
+        s.bcrypt_rounds,
+    )  # fmt: skip
 
 
 def _at(ms: Any) -> str:
@@ -98,7 +120,10 @@ def _account_text(a: dict[str, Any]) -> str:
         f"credits   5h {a['credits_5h'] or '-'} / 7d {a['credits_7d'] or '-'}, "
         f"concurrency {a['concurrency']}",
         f"IP slots  {a['ip_slots']} per key + {a['extra_ip_slots']} extra",
+        f"keys      at most {a['max_keys']} active",
     ]
+    if a.get("shared_flag_reason"):
+        lines.append(f"flagged   {_at(a['shared_flag_ms'])}: {a['shared_flag_reason']}")
     if "keys" in a:
         lines += ["", _keys_text(a["keys"])]
     return "\n".join(lines)
@@ -134,11 +159,9 @@ async def _account(client: avalkey.Valkey, ref: str) -> str:
 
 @command("account", "create")
 async def _account_create(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
-    await list_plans(client)  # seeds the shipped plans on first use
     plan = None if args.no_plan else (args.plan or s.default_plan)
-    now = _now(s)
-    account_id = await accounts.create_account(client, args.email, plan, now_ms=now)
-    account = await accounts.show_account(client, account_id, now_ms=now)
+    account_id = await _operator(client, s).create_account(args.email, plan)
+    account = await accounts.show_account(client, account_id, now_ms=_now(s))
     emit(
         args,
         account,
@@ -174,12 +197,8 @@ async def _account_list(client: avalkey.Valkey, args: argparse.Namespace, s: Set
 
 @command("account", "plan")
 async def _account_plan(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
-    account = await accounts.assign_plan(
-        client,
-        await _account(client, args.email),
-        args.plan,
-        now_ms=_now(s),
-        period_days=args.period_days,
+    account = await _operator(client, s).assign_plan(
+        await _account(client, args.email), args.plan, args.period_days
     )
     emit(
         args,
@@ -191,15 +210,7 @@ async def _account_plan(client: avalkey.Valkey, args: argparse.Namespace, s: Set
 @command("account", "extend")
 async def _account_extend(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id = await _account(client, args.email)
-    days = args.days
-    if days is None:
-        plan = await get_plan(
-            client, (await accounts.get_account(client, account_id)).get("plan", "")
-        )
-        if plan is None:
-            raise InvalidRequest("the account's plan no longer exists; pass --days")
-        days = plan.period_days
-    account = await accounts.extend_plan(client, account_id, days, now_ms=_now(s))
+    account = await _operator(client, s).extend(account_id, args.days)
     emit(
         args,
         account,
@@ -209,16 +220,107 @@ async def _account_extend(client: avalkey.Valkey, args: argparse.Namespace, s: S
 
 @command("account", "cancel")
 async def _account_cancel(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
-    account = await accounts.cancel_plan(client, await _account(client, args.email), now_ms=_now(s))
+    account = await _operator(client, s).cancel(await _account(client, args.email))
     emit(args, account, f"{account['email']}: plan {account['plan']} cancelled")
+
+
+@command("account", "delete")
+async def _account_delete(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    account_id = await _account(client, args.email)
+    email = (await accounts.get_account(client, account_id)).get("email", "")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidRequest("refusing to delete without confirmation: pass --yes")
+        sys.stderr.write(
+            f"Delete account {account_id} ({email}) with all its keys, usage, sessions and "
+            "sign-in links? This cannot be undone. Type the email to confirm: "
+        )
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() != email:
+            raise InvalidRequest("not confirmed; nothing deleted")
+    done = await _operator(client, s).delete_account(account_id)
+    emit(
+        args,
+        done,
+        f"account deleted: {done['keys_deleted']} API keys, {done['valkey_keys_deleted']} "
+        f"records; the audit trail keeps {done['email_sha256']}",
+    )
+
+
+@command("deletion", "list")
+async def _deletion_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    found = await erasure.list_requests(client, _now(s))
+    rows = [{**r, "age": f"{r['age_days']:g} d", "state": "OVERDUE" if r["overdue"] else "open"}
+            for r in found]  # fmt: skip
+    text = table(
+        rows,
+        [("account_id", "ACCOUNT"), ("email", "EMAIL"), ("requested_at", "REQUESTED"),
+         ("age", "AGE"), ("state", "STATE")],
+    )  # fmt: skip
+    emit(args, found, text)
+
+
+@command("audit", "list")
+async def _audit(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    since = None
+    if args.since:
+        since = _parse_since(args.since, _now(s))
+    account = await _account(client, args.account) if args.account else None
+    found, _ = await audit.query(
+        client, actor=args.actor, action=args.action_filter, since_ms=since, account=account,
+        limit=args.limit,
+    )  # fmt: skip
+    rows = [
+        {**e, "target": " ".join(f"{k}={v}" for k, v in e["target"].items()),
+         "changes": "; ".join(f"{k}: {b} -> {a}" for k, (b, a) in e["changes"].items())}
+        for e in found
+    ]  # fmt: skip
+    text = table(
+        rows,
+        [("at", "AT"), ("actor", "ACTOR"), ("action", "ACTION"), ("target", "TARGET"),
+         ("changes", "CHANGES")],
+    )  # fmt: skip
+    emit(args, found, text)
+
+
+def _parse_since(text: str, now_ms: int) -> int:
+    """``7d``, ``12h``, ``30m`` before now, or an RFC 3339 / ISO date."""
+    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return now_ms - int(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"--since: not a duration (7d, 12h) or a date: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@command("export", "run")
+async def _export(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    out = sys.stdout.buffer
+    async for record in snapshot.export(client):
+        out.write(record)
+    out.flush()
+
+
+@command("import", "run")
+async def _import(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    if args.file == "-":
+        lines = list(sys.stdin.buffer)
+    else:
+        with open(args.file, "rb") as f:  # noqa: ASYNC230 (one local file, before any I/O)
+            lines = list(f)
+    counts = await snapshot.restore(client, lines)
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    emit(args, counts, f"imported {summary}")
 
 
 @command("key", "create")
 async def _key_create(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id = await _account(client, args.email)
-    created = await accounts.create_key(
-        client, account_id, args.name, rounds=s.bcrypt_rounds, now_ms=_now(s)
-    )
+    created = await _operator(client, s).create_key(account_id, args.name)
     # stdout carries the key alone so scripts can capture it; it is never shown again.
     sys.stderr.write(f"key {created.key_id}: save it now, it cannot be shown again\n")
     emit(
@@ -237,15 +339,15 @@ async def _key_list(client: avalkey.Valkey, args: argparse.Namespace, s: Setting
 @command("key", "revoke")
 async def _key_revoke(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id, key_id = await accounts.find_key(client, args.key_id)
-    await accounts.revoke_key(client, account_id, key_id, now_ms=_now(s))
-    emit(args, await accounts.get_key(client, account_id, key_id), f"key {key_id} revoked")
+    key = await _operator(client, s).revoke_key(account_id, key_id)
+    emit(args, key, f"key {key_id} revoked")
 
 
 @command("key", "release")
 @command("quarantine", "release")
 async def _key_release(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id, key_id = await accounts.find_key(client, args.key_id)
-    key = await accounts.release_key(client, account_id, key_id, now_ms=_now(s))
+    key = await _operator(client, s).release_key(account_id, key_id)
     emit(args, key, f"key {key_id} released from quarantine")
 
 
@@ -262,7 +364,7 @@ async def _ip_unbind(client: avalkey.Valkey, args: argparse.Namespace, s: Settin
     if (args.ip is None) == (not args.all):
         raise InvalidRequest("give one IP to unbind, or --all")
     account_id, key_id = await accounts.find_key(client, args.key_id)
-    removed = await accounts.unbind_ips(client, account_id, key_id, args.ip, now_ms=_now(s))
+    removed = await _operator(client, s).unbind_ips(account_id, key_id, args.ip)
     emit(
         args,
         {"key_id": key_id, "unbound": removed},
@@ -276,13 +378,13 @@ async def _ip_add_slots(client: avalkey.Valkey, args: argparse.Namespace, s: Set
         raise InvalidRequest("give --key KEY_ID or --account EMAIL")
     if args.key is not None:
         account_id, key_id = await accounts.find_key(client, args.key)
-        total = await accounts.add_key_ip_slots(client, account_id, key_id, args.count)
+        total = await _operator(client, s).add_key_slots(account_id, key_id, args.count)
         key = await accounts.get_key(client, account_id, key_id)
         value = {"key_id": key_id, "extra_ip_slots": total, "ip_slots": key["ip_slots"]}
         text = f"key {key_id}: {total} extra IP slots, {key['ip_slots']} in all"
     else:
         account_id = await _account(client, args.account)
-        total = await accounts.add_account_ip_slots(client, account_id, args.count)
+        total = await _operator(client, s).add_account_slots(account_id, args.count)
         value = {"account_id": account_id, "extra_ip_slots": total}
         text = f"account {account_id}: {total} extra IP slots for every key"
     emit(args, value, text)
@@ -292,6 +394,9 @@ async def _ip_add_slots(client: avalkey.Valkey, args: argparse.Namespace, s: Set
 async def _quarantine_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id = await _account(client, args.account) if args.account else None
     found = await accounts.list_quarantined(client, account_id)
+    flagged = await accounts.list_flagged(client)
+    if account_id is not None:
+        flagged = [f for f in flagged if f["account_id"] == account_id]
     rows = [{**k, "since": _at(k["quarantined_ms"])} for k in found]
     text = table(
         rows,
@@ -303,7 +408,16 @@ async def _quarantine_list(client: avalkey.Valkey, args: argparse.Namespace, s: 
             ("quarantine_reason", "REASON"),
         ],
     )
-    value: dict[str, Any] = {"quarantined": found}
+    text += "\n\naccounts flagged for key sharing (not locked):\n" + table(
+        flagged,
+        [
+            ("account_id", "ACCOUNT"),
+            ("email", "EMAIL"),
+            ("flagged_at", "SINCE"),
+            ("reason", "REASON"),
+        ],
+    )
+    value: dict[str, Any] = {"quarantined": found, "flagged": flagged}
     if account_id is not None:
         events = await accounts.account_events(client, account_id, args.count)
         value["events"] = events
@@ -320,11 +434,18 @@ async def _quarantine_list(client: avalkey.Valkey, args: argparse.Namespace, s: 
     emit(args, value, text)
 
 
+@command("quarantine", "clear-flag")
+async def _quarantine_clear(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    account = await _operator(client, s).clear_flag(await _account(client, args.email))
+    emit(args, account, f"{account['email']}: key-sharing flag cleared")
+
+
 @command("admin-token", "create")
 async def _token_create(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
-    token_id, token = await admin_tokens.create_token(client, args.name, now_ms=_now(s))
+    token_id, token = await _operator(client, s).create_token(args.name, args.scope)
     sys.stderr.write(f"operator token {token_id}: save it now, it cannot be shown again\n")
-    emit(args, {"token_id": token_id, "name": args.name, "token": token}, token)
+    value = {"token_id": token_id, "name": args.name, "scope": args.scope, "token": token}
+    emit(args, value, token)
 
 
 @command("admin-token", "list")
@@ -334,13 +455,17 @@ async def _token_list(client: avalkey.Valkey, args: argparse.Namespace, s: Setti
     emit(
         args,
         found,
-        table(rows, [("token_id", "TOKEN ID"), ("name", "NAME"), ("created", "CREATED")]),
+        table(
+            rows,
+            [("token_id", "TOKEN ID"), ("name", "NAME"), ("scope", "SCOPE"),
+             ("created", "CREATED")],
+        ),
     )
 
 
 @command("admin-token", "revoke")
 async def _token_revoke(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
-    await admin_tokens.revoke_token(client, args.token_id)
+    await _operator(client, s).revoke_token(args.token_id)
     emit(
         args,
         {"token_id": args.token_id, "revoked": True},
@@ -361,8 +486,11 @@ async def _plan_set(client: avalkey.Valkey, args: argparse.Namespace, s: Setting
         description=args.description
         if args.description is not None
         else (current.description if current else ""),
+        max_keys=args.max_keys
+        if args.max_keys is not None
+        else (current.max_keys if current else DEFAULT_MAX_KEYS),
     )
-    updated = await set_plan(client, plan)
+    updated = await _operator(client, s).set_plan(plan)
     emit(
         args,
         {"plan": orjson.loads(plan.to_json()), "accounts_updated": updated},
@@ -381,6 +509,7 @@ async def _plan_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settin
             ("credits_7d", "CREDITS 7D"),
             ("ip_slots", "IP SLOTS"),
             ("concurrency", "CONCURRENCY"),
+            ("max_keys", "KEYS"),
             ("period_days", "DAYS"),
             ("description", "DESCRIPTION"),
         ],
@@ -440,7 +569,11 @@ def _usage_text(r: dict[str, Any]) -> str:
 async def _login_link(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     # For gateways without ANTEX_SMTP_URL: the operator hands the link over themselves.
     account_id = await accounts.require_account(client, args.email)
-    link = await signin.issue_link(client, account_id, s.base_url, make_clock(s.clock_file)())
+    # An explicit ANTEX_PUBLIC_URL wins; else the address the serving gateway stored at its
+    # start, since this shell's host and port need not be the server's.
+    stored = await client.get(keyspace.PUBLIC_URL)
+    base_url = s.public_url or (str(stored) if stored else s.base_url)
+    link = await _operator(client, s).issue_login_link(account_id, base_url)
     emit(args, {"link": link, "expires_in_s": signin.LINK_TTL_MS // 1000}, link)
 
 
@@ -469,6 +602,25 @@ def _operator_parsers(sub: Any) -> None:
     extend = action(account, "extend", "extend the plan period (renews a cancelled one)", "email")
     extend.add_argument("--days", type=int, help="default: the plan's period")
     action(account, "cancel", "end the subscription now", "email")
+    delete = action(
+        account, "delete",
+        "erase the account, its keys, usage, sessions and sign-in links (asks first)", "email",
+    )  # fmt: skip
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    deletion = group("deletion", "customers' deletion requests")
+    action(deletion, "list", "open requests with their age (overdue after 7 days)")
+
+    trail = sub.add_parser("audit", help="the operator audit trail, newest first")
+    trail.add_argument("--actor", help="exactly this actor (token name, or cli@host)")
+    trail.add_argument(
+        "--action", dest="action_filter", help="this action or family (account, key.revoke)"
+    )
+    trail.add_argument("--since", help="7d, 12h, 30m, or an ISO date")
+    trail.add_argument("--account", help="only entries about this account (email or id)")
+    trail.add_argument("--limit", type=int, default=50)
+    trail.add_argument("--json", action="store_true", help="print JSON")
+    trail.set_defaults(action="list")
 
     key = group("key", "manage API keys")
     kcreate = action(key, "create", "create a key; it is printed once", "email")
@@ -493,10 +645,15 @@ def _operator_parsers(sub: Any) -> None:
     qlist.add_argument("--account", help="account email or id")
     qlist.add_argument("--count", type=int, default=50, help="events to show")
     action(quarantine, "release", "release a key from quarantine", "key_id")
+    action(quarantine, "clear-flag", "clear an account's key-sharing flag", "email")
 
     tokens = group("admin-token", "operator tokens for the /admin API")
     tcreate = action(tokens, "create", "create a token; it is printed once")
     tcreate.add_argument("--name", default="operator")
+    tcreate.add_argument(
+        "--scope", choices=admin_tokens.SCOPES, default="full",
+        help="full (default) or read: a read token cannot change anything",
+    )  # fmt: skip
     action(tokens, "list", "list tokens (never the tokens themselves)")
     action(tokens, "revoke", "revoke a token", "token_id")
 
@@ -505,6 +662,11 @@ def _operator_parsers(sub: Any) -> None:
     for flag in ("--credits-5h", "--credits-7d", "--ip-slots", "--concurrency"):
         pset.add_argument(flag, type=int, required=True)
     pset.add_argument("--period-days", type=int)
+    pset.add_argument(
+        "--max-keys",
+        type=int,
+        help=f"active keys per account (default: unchanged, new: {DEFAULT_MAX_KEYS})",
+    )
     pset.add_argument("--description")
     action(plans, "list", "list plans")
 
@@ -514,6 +676,13 @@ def _operator_parsers(sub: Any) -> None:
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(action="show")
 
+    exp = sub.add_parser("export", help="write a JSON-lines snapshot of the store to stdout")
+    exp.set_defaults(action="run")
+    imp = sub.add_parser("import", help="restore a snapshot into an empty store")
+    imp.add_argument("file", nargs="?", default="-", help="snapshot file (default: stdin)")
+    imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.set_defaults(action="run")
+
     link = sub.add_parser("login-link", help="print a one-time dashboard sign-in link (15 min)")
     link.add_argument("email", help="account email (or id)")
     link.add_argument("--json", action="store_true", help="print JSON")
@@ -522,6 +691,11 @@ def _operator_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antex", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"antex {__version__}")
+    parser.add_argument(
+        "--init", action="store_true",
+        help="allow starting a new, empty embedded Valkey in ANTEX_DATA_DIR",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="group", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -555,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = _COMMANDS[(args.group, args.action)]
 
         async def run() -> None:
-            async with admin_valkey(settings) as client:
+            async with admin_valkey(settings, init=args.init) as client:
                 await handler(client, args, settings)
 
         asyncio.run(run())

@@ -113,6 +113,7 @@ class Settings:
     smtp_url: str | None = None
     smtp_sender: str = "antex@localhost"
     plans_page_text: str = "Ask your operator to change plans or add IP slots."
+    audit_retention_days: int = 400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +154,7 @@ class Settings:
             smtp_sender=e.get("ANTEX_SMTP_SENDER", "antex@localhost") or "antex@localhost",
             plans_page_text=e.get("ANTEX_PLANS_TEXT")
             or "Ask your operator to change plans or add IP slots.",
+            audit_retention_days=_int(e, "ANTEX_AUDIT_RETENTION_DAYS", 400, 1),
         )
 
     @property

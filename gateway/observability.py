@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import logging
 import os
+import platform
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from prometheus_client import values as prom_values
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gateway import errors
+from gateway import __version__, errors
 from gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ TOKEN_ENV = "ANTEX_METRICS_TOKEN"
 # The classic text format: every Prometheus version parses it.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-WINDOWS = ("5h", "7d", "concurrency", "reserved")
+WINDOWS = ("5h", "7d", "concurrency", "in_flight")
 UPSTREAM_KINDS = ("connect", "read", "stream", "event")
 # Whole requests include minutes-long streams; TTFB is where the gateway's overhead shows.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -168,6 +169,14 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        build = Gauge(
+            "antex_build_info",
+            "Always 1; the labels say which release and Python this gateway runs.",
+            ("version", "python"),
+            registry=own,
+            multiprocess_mode="max",
+        )
+        build.labels(__version__, platform.python_version()).set(1)
         self._upstream = Counter(
             "antex_upstream_errors",
             "Upstream failures: connect, read, stream (lost mid-stream), event (an error "
@@ -177,7 +186,8 @@ class Metrics:
         )
         self._refusals = Counter(
             "antex_window_refusals",
-            "429s from the admit script, by window: 5h, 7d, concurrency, reserved.",
+            "429s from the admit script, by window: 5h, 7d (full), concurrency, in_flight (the "
+            "rest of a window held by requests in flight).",
             ("window",),
             registry=own,
         )

@@ -41,6 +41,15 @@ def list_of(name: str) -> Schema:
     return obj(("data",), data={"type": "array", "items": ref(name)})
 
 
+def page_of(name: str) -> Schema:
+    """A paginated list: pass ``next_cursor`` back as ``cursor`` until it is null."""
+    return obj(
+        ("data", "next_cursor"),
+        data={"type": "array", "items": ref(name)},
+        next_cursor={**nullable("string"), "description": "the next page's cursor"},
+    )
+
+
 STR, INT, NUM, BOOL = (
     {"type": "string"},
     {"type": "integer"},
@@ -69,6 +78,9 @@ _ACCOUNT_FIELDS: dict[str, Schema] = {
     "ip_slots": {**INT, "description": "IP slots per key from the plan"},
     "extra_ip_slots": {**INT, "description": "bought slots, added to every key"},
     "concurrency": INT,
+    "max_keys": {**INT, "description": "active (not revoked) keys the plan allows"},
+    "shared_flag_ms": {**nullable("integer"), "description": "flagged for key sharing at"},
+    "shared_flag_reason": nullable("string"),
     "created_ms": MS,
     "created_at": {**nullable("string"), "format": "date-time"},
 }
@@ -83,8 +95,8 @@ SCHEMAS: dict[str, Schema] = {
             type={
                 **STR,
                 "description": "authentication_error, permission_error, ip_limit_reached, "
-                "key_quarantined, rate_limit_error, invalid_request_error, payload_too_large, "
-                "max_tokens_too_large, not_found_error, api_error",
+                "key_quarantined, key_limit_reached, rate_limit_error, invalid_request_error, "
+                "payload_too_large, max_tokens_too_large, not_found_error, api_error",
             },
             message=STR,
         ),
@@ -230,7 +242,17 @@ SCHEMAS: dict[str, Schema] = {
         ("id", "type"),
         open_=True,
         id={**STR, "description": "stream entry id"},
-        type={"enum": ["key_quarantined", "key_released", "key_revoked", "ip_unbound"]},
+        type={
+            "enum": [
+                "key_quarantined",
+                "key_released",
+                "key_revoked",
+                "ip_unbound",
+                "account_flagged",
+                "flag_cleared",
+                "deletion_requested",
+            ]
+        },
         key_id=STR,
         at_ms=MS,
         at=TIME,
@@ -258,7 +280,7 @@ SCHEMAS: dict[str, Schema] = {
         },
     ),
     "Plan": obj(
-        ("name", "credits_5h", "credits_7d", "ip_slots", "concurrency", "period_days"),
+        ("name", "credits_5h", "credits_7d", "ip_slots", "concurrency", "period_days", "max_keys"),
         name=STR,
         credits_5h=INT,
         credits_7d=INT,
@@ -266,6 +288,7 @@ SCHEMAS: dict[str, Schema] = {
         concurrency=INT,
         period_days=INT,
         description=STR,
+        max_keys={**INT, "description": "active (not revoked) keys per account"},
     ),
     "PlanInput": obj(
         ("credits_5h", "credits_7d", "ip_slots", "concurrency"),
@@ -275,11 +298,65 @@ SCHEMAS: dict[str, Schema] = {
         concurrency={**INT, "minimum": 1},
         period_days={**INT, "minimum": 1, "default": 30},
         description=STR,
+        max_keys={
+            **INT,
+            "minimum": 1,
+            "description": "active keys per account; default: unchanged, 5 for a new plan",
+        },
     ),
     "PlanSaved": obj(("plan", "accounts_updated"), plan=ref("Plan"), accounts_updated=INT),
-    "AccountList": list_of("Account"),
+    "AccountList": page_of("Account"),
     "KeyList": list_of("Key"),
-    "QuarantineList": list_of("QuarantinedKey"),
+    "FlaggedAccount": obj(
+        ("account_id", "email", "flagged_ms", "reason"),
+        account_id=STR,
+        email=nullable("string"),
+        flagged_ms=MS,
+        flagged_at={**nullable("string"), "format": "date-time"},
+        reason=STR,
+    ),
+    "QuarantineList": obj(
+        ("data", "next_cursor", "flagged"),
+        data={"type": "array", "items": ref("QuarantinedKey")},
+        next_cursor={**nullable("string"), "description": "pass as `cursor` for the next page"},
+        flagged={
+            "type": "array",
+            "items": ref("FlaggedAccount"),
+            "description": "accounts flagged for key sharing: listed for review, not locked",
+        },
+    ),
+    "AuditEntry": obj(
+        ("id", "at_ms", "at", "actor", "action", "target", "changes"),
+        id=STR,
+        at_ms=MS,
+        at=TIME,
+        actor={**STR, "description": "operator token name, console:<name>, or cli@<host>"},
+        action={**STR, "description": "e.g. account.plan, key.revoke, plan.set, token.create"},
+        target={"type": "object", "additionalProperties": STR},
+        changes={
+            "type": "object",
+            "description": "changed fields: [before, after]; never a secret",
+            "additionalProperties": {"type": "array", "minItems": 2, "maxItems": 2},
+        },
+    ),
+    "AuditList": page_of("AuditEntry"),
+    "DeletionRequest": obj(
+        ("account_id", "email", "requested_ms", "requested_at", "age_days", "overdue"),
+        account_id=STR,
+        email=nullable("string"),
+        requested_ms=MS,
+        requested_at=TIME,
+        age_days=NUM,
+        overdue={**BOOL, "description": "older than the 7 days the Privacy Policy promises"},
+    ),
+    "DeletionList": page_of("DeletionRequest"),
+    "AccountDeleted": obj(
+        ("email_sha256", "keys_deleted", "valkey_keys_deleted", "requested_ms"),
+        email_sha256=STR,
+        keys_deleted=INT,
+        valkey_keys_deleted=INT,
+        requested_ms=nullable("integer"),
+    ),
     "EventList": list_of("Event"),
     "PlanList": list_of("Plan"),
 }
@@ -293,7 +370,13 @@ _RETRY = {"retry-after": {"schema": INT, "description": "seconds until capacity 
 _ERRORS: tuple[tuple[str, str, str], ...] = (
     ("BadRequest", "400", "invalid_request_error, payload_too_large or max_tokens_too_large"),
     ("Unauthorized", "401", "authentication_error: missing, invalid or revoked credentials"),
-    ("Forbidden", "403", "permission_error (no active plan), ip_limit_reached, key_quarantined"),
+    (
+        "Forbidden",
+        "403",
+        "permission_error (no active plan), ip_limit_reached, key_quarantined; on key creation "
+        "key_limit_reached (the account holds as many active keys as its plan allows)",
+    ),
+    ("ReadOnly", "403", "permission_error: a read-only operator token cannot change anything"),
     ("NotFound", "404", "not_found_error"),
     ("RateLimited", "429", "rate_limit_error: a credit window is full or too many in flight"),
     ("Upstream", "502", "api_error: the upstream could not be reached (504: it stopped answering)"),
@@ -349,6 +432,7 @@ def admin(
     responses: Schema = dict(ok)
     responses["400"] = {"$ref": "#/components/responses/BadRequest"}
     responses["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    responses["403"] = {"$ref": "#/components/responses/ReadOnly"}
     responses["404"] = {"$ref": "#/components/responses/NotFound"}
     responses["503"] = {"$ref": "#/components/responses/Unavailable"}
     op: Schema = {
@@ -380,6 +464,10 @@ def query_param(name: str, description: str, schema: Schema = INT) -> Schema:
 
 
 _ACCOUNT = path_param("account", "account id or email (URL-encoded)")
+_PAGE = [
+    query_param("limit", "page size, 1-500 (default 100)"),
+    query_param("cursor", "next_cursor of the previous page", STR),
+]
 _KEY = path_param("key_id", "key id, or the display prefix sk_live_<key id>_…")
 _SSE = {"text/event-stream": {"schema": {"type": "string", "description": "server-sent events"}}}
 
@@ -515,7 +603,12 @@ def _admin_paths() -> dict[str, Schema]:
     add_slots = obj(("add",), add={**INT, "description": "slots to add; negative removes"})
     return {
         "/admin/accounts": {
-            "get": admin("adminListAccounts", "All accounts", _ok(ref("AccountList"))),
+            "get": admin(
+                "adminListAccounts",
+                "Accounts by email, a page at a time",
+                _ok(ref("AccountList")),
+                query=[*_PAGE, query_param("q", "only emails or ids containing this", STR)],
+            ),
             "post": admin(
                 "adminCreateAccount",
                 "Create an account (plan omitted: ANTEX_DEFAULT_PLAN; plan null: no plan)",
@@ -526,6 +619,12 @@ def _admin_paths() -> dict[str, Schema]:
         "/admin/accounts/{account}": {
             "parameters": account,
             "get": admin("adminShowAccount", "An account with its keys", _ok(ref("AccountDetail"))),
+            "delete": admin(
+                "adminDeleteAccount",
+                "Erase the account, its keys, bindings, usage, sessions and sign-in links; "
+                "the audit trail keeps only the email's SHA-256",
+                _ok(ref("AccountDeleted")),
+            ),
         },
         "/admin/accounts/{account}/plan": {
             "parameters": account,
@@ -583,8 +682,12 @@ def _admin_paths() -> dict[str, Schema]:
             ),
             "post": admin(
                 "adminCreateKey",
-                "Create a key; the full key is in this response only",
-                _ok(ref("CreatedKey"), "Created", "201"),
+                "Create a key (at most the plan's max_keys active); the full key is in this "
+                "response only",
+                {
+                    **_ok(ref("CreatedKey"), "Created", "201"),
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                },
                 body=obj(name=STR),
             ),
         },
@@ -623,12 +726,42 @@ def _admin_paths() -> dict[str, Schema]:
                 "adminKeySlots", "Extra IP slots for one key", _ok(ref("KeySlots")), body=add_slots
             ),
         },
+        "/admin/accounts/{account}/clear-flag": {
+            "parameters": account,
+            "post": admin(
+                "adminClearFlag",
+                "Clear the account's key-sharing flag and the networks counted so far",
+                _ok(ref("Account")),
+            ),
+        },
         "/admin/quarantine": {
             "get": admin(
                 "adminQuarantine",
-                "Keys in quarantine, newest first",
+                "Keys in quarantine, newest first, and accounts flagged for key sharing",
                 _ok(ref("QuarantineList")),
-                query=[query_param("account", "only this account (id or email)", STR)],
+                query=[*_PAGE, query_param("account", "only this account (id or email)", STR)],
+            )
+        },
+        "/admin/audit": {
+            "get": admin(
+                "adminAudit",
+                "The operator audit trail, newest first",
+                _ok(ref("AuditList")),
+                query=[
+                    *_PAGE,
+                    query_param("actor", "exactly this actor", STR),
+                    query_param("action", "this action or family (key, key.revoke)", STR),
+                    query_param("since_ms", "entries at or after this time (ms)"),
+                    query_param("account", "entries about this account (id or email)", STR),
+                ],
+            )
+        },
+        "/admin/deletion-requests": {
+            "get": admin(
+                "adminDeletionRequests",
+                "Customers' open deletion requests, oldest first",
+                _ok(ref("DeletionList")),
+                query=_PAGE,
             )
         },
         "/admin/plans": {"get": admin("adminListPlans", "The plan catalog", _ok(ref("PlanList")))},

@@ -66,6 +66,8 @@ async def _prepare(settings: Settings, demo: bool) -> str | None:
     client = open_client(settings.valkey_url or "")
     try:
         await list_plans(client)  # seeds the shipped plans on first use
+        # Operator commands build sign-in links with the server's address, not their own env.
+        await client.set(keyspace.PUBLIC_URL, settings.base_url)
         if not demo:
             return None
         account_id = await accounts.find_account(client, DEMO_EMAIL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from gateway.observability import Metrics, access_log, configure_logging, fresh_metrics_dir
 from gateway.usage import Usage
 
@@ -56,6 +58,7 @@ def test_without_a_multiprocess_dir_the_registry_is_the_process_own(
     assert at("antex_auth_cache_lookups_total", result="miss") == 1
     assert at("antex_streams_in_flight") == 1
     assert at("antex_valkey_errors_total") == 0
+    assert at("antex_build_info", version=__version__, python=platform.python_version()) == 1
     assert not any(name.endswith("_created") for name, _ in got)
 
 

@@ -250,3 +250,11 @@ def test_nginx_accepts_the_tls_front(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
+
+
+def test_nginx_keeps_the_operator_surfaces_off_the_public_listener() -> None:
+    conf = (OPS / "nginx-tls.conf").read_text()
+    for location in ("location = /metrics", "location ^~ /admin"):
+        start = conf.index(location + " {")
+        body = conf[start : conf.index("}", start)]
+        assert "return 404;" in body and "proxy_pass" not in body, location

@@ -1,0 +1,1 @@
+"""The operator web console under ``/admin/console``: server-rendered pages and forms."""
