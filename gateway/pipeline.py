@@ -244,15 +244,16 @@ class Pipeline:
     def finish_stream(
         self, ticket: Ticket, state: StreamState, usage: dict[str, Any], errored: bool
     ) -> None:
-        """Bills a stream once it ended, however it ended."""
-        if state.client_gone:
-            outcome = "client_disconnected"
-        elif state.failed:
+        """Bills a stream once it ended, however it ended. An upstream failure names the
+        outcome even when the client left afterwards (it reads the error, then closes)."""
+        if state.failed:
             outcome = "upstream_lost"
             self.metrics.upstream_error("stream")
         elif errored:
             outcome = "upstream_error_event"
             self.metrics.upstream_error("event")
+        elif state.client_gone:
+            outcome = "client_disconnected"
         else:
             outcome = "ok"
         self.finish(ticket, usage, 200, outcome)

@@ -7,6 +7,7 @@ they are known, otherwise it names the exact field path (``messages.2.content.0.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,7 +61,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)
+    return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
 def check_messages_request(req: dict[str, Any], *, counting: bool = False) -> None:
@@ -194,6 +195,14 @@ def _check_text(block: Mapping[str, Any], where: str) -> None:
         raise _bad(f"messages: {_NOT_BLANK}")
 
 
+def _check_tool_use(block: Mapping[str, Any], where: str) -> None:
+    for field in ("id", "name"):
+        if not isinstance(block.get(field), str):
+            raise _bad(f"{where}.{field}: Input should be a valid string")
+    if not isinstance(block.get("input"), dict):
+        raise _bad(f"{where}.input: Input should be a valid dictionary")
+
+
 def _check_tool_result(block: Mapping[str, Any], where: str) -> None:
     if not isinstance(block.get("tool_use_id"), str):
         raise _bad(f"{where}.tool_use_id: Field required")
@@ -237,6 +246,8 @@ def _check_messages(messages: Any) -> _Turns:
                 _check_text(block, f"{where}.content.{j}")
             elif block["type"] == "tool_result":
                 _check_tool_result(block, f"{where}.content.{j}")
+            elif block["type"] == "tool_use":
+                _check_tool_use(block, f"{where}.content.{j}")
         if final_prefill and blocks:
             tail = blocks[-1]
             if tail["type"] == "text" and tail["text"] != tail["text"].rstrip():

@@ -140,6 +140,11 @@ REFUSED = {
             {"type": "redacted_thinking", "data": "x"}, {"type": "text", "text": "So"}]}),
         "messages.1.content.0: When thinking is disabled, an `assistant` message in the final "
         "position cannot contain `thinking`"),
+    "tool_use without an id": (
+        _msgs(USER, {"role": "assistant", "content": [{**_tool_use(), "id": None}]},
+              {"role": "user", "content": [_tool_result()]}),
+        "messages.1.content.0.id: Input should be a valid string"),
+    "temperature not finite": (_with(temperature=float("nan")), "temperature: Input should be"),
     "tool blocks without tools defined": (
         {**_msgs(USER, {"role": "assistant", "content": [_tool_use()]},
                  {"role": "user", "content": [_tool_result()]}), "tools": []},
