@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench loadtest clean
+.PHONY: run test clients lint typecheck bench loadtest clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,31 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/antex serve --demo
 
-test: $(STAMP)
+# The real CLI clients the integration tests drive, pinned, each in its own npm prefix under
+# $(TOOLS)/ (the tests look there first). The stamp is named by version: a bump reinstalls.
+TOOLS := .tools
+
+define npm_client  # folder, package, version
+$(TOOLS)/$(1)/.installed-$(3):
+	rm -rf $(TOOLS)/$(1)
+	npm install --prefix $(TOOLS)/$(1) --no-audit --no-fund --loglevel=error $(2)@$(3)
+	touch $$@
+CLIENT_STAMPS += $(TOOLS)/$(1)/.installed-$(3)
+endef
+
+$(eval $(call npm_client,claude-code,@anthropic-ai/claude-code,2.1.332))
+$(eval $(call npm_client,claude-code-2.1.197,@anthropic-ai/claude-code,2.1.197))
+$(eval $(call npm_client,codex,@openai/codex,0.171.0))
+$(eval $(call npm_client,opencode,opencode-ai,1.18.33))
+
+ifeq ($(shell command -v npm),)
+clients:
+	@echo "npm not found: the Claude Code, Codex and OpenCode tests will skip"
+else
+clients: $(CLIENT_STAMPS)
+endif
+
+test: $(STAMP) clients
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
@@ -29,8 +53,32 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-loadtest: $(STAMP)
+load# The real CLI clients the integration tests drive, pinned, each in its own npm prefix under
+# $(TOOLS)/ (the tests look there first). The stamp is named by version: a bump reinstalls.
+TOOLS := .tools
+
+define npm_client  # folder, package, version
+$(TOOLS)/$(1)/.installed-$(3):
+	rm -rf $(TOOLS)/$(1)
+	npm install --prefix $(TOOLS)/$(1) --no-audit --no-fund --loglevel=error $(2)@$(3)
+	touch $$@
+CLIENT_STAMPS += $(TOOLS)/$(1)/.installed-$(3)
+endef
+
+$(eval $(call npm_client,claude-code,@anthropic-ai/claude-code,2.1.332))
+$(eval $(call npm_client,claude-code-2.1.197,@anthropic-ai/claude-code,2.1.197))
+$(eval $(call npm_client,codex,@openai/codex,0.171.0))
+$(eval $(call npm_client,opencode,opencode-ai,1.18.33))
+
+ifeq ($(shell command -v npm),)
+clients:
+	@echo "npm not found: the Claude Code, Codex and OpenCode tests will skip"
+else
+clients: $(CLIENT_STAMPS)
+endif
+
+test: $(STAMP) clients
 	$(BIN)/python -m loadtests.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
