@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -23,16 +22,15 @@ from gateway.keyspace import AccountKeys
 from gateway.plans import Plan
 from gateway.translate.openai_responses import responses_request_to_anthropic
 from gateway.usage import estimate_mc
+from tests.integration.clients import find_cli, needs
 from tests.integration.conftest import Customer, Stack, new_customer
 
-CODEX = shutil.which("codex")
+CODEX = find_cli("codex", "codex")
 MODEL = "claude-sonnet-4-6"
 
 pytestmark = [
     pytest.mark.cli_client,
-    pytest.mark.skipif(
-        CODEX is None, reason="the codex CLI is not installed (npm install -g @openai/codex)"
-    ),
+    needs(CODEX, "codex (Codex CLI)", "codex"),
 ]
 
 
