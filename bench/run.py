@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         log(f"work dir {work}")
         valkey, valkey_proc = stack.start_valkey(work)
-        sim = stack.start_simulator(logs)
+        # Burst: the throughput rows measure the proxy, not the upstream's pacing; the long-
+        # stream rows ask for pacing per request (bench/streamclient.py).
+        sim = stack.start_simulator(logs, burst=True)
         services.append(sim)
         litellm = None
         if args.no_litellm:

@@ -152,7 +152,9 @@ def start_valkey(work: Path) -> tuple[EmbeddedValkey, psutil.Process]:
     return server, psutil.Process(server.pid)
 
 
-def start_simulator(logs: Path, workers: int = 1) -> Service:
+def start_simulator(logs: Path, workers: int = 1, *, burst: bool) -> Service:
+    """The shipped simulator; `burst` writes each answer at once (requests may still ask for
+    pacing with `x-sim-burst: 0`), otherwise it paces like the real API by default."""
     port = free_port()
     argv = [
         sys.executable,
@@ -162,6 +164,7 @@ def start_simulator(logs: Path, workers: int = 1) -> Service:
         str(port),
         "--workers",
         str(workers),
+        *(["--burst"] if burst else []),
     ]
     return start_service("simulator", argv, logs, port, env=clean_env(), ready_path="/_sim/stats")
 

@@ -116,7 +116,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         f"POST {url.path} HTTP/1.1", f"host: {host}:{port}", "content-type: application/json",
         "anthropic-version: 2023-06-01", f"content-length: {len(body)}",
         f"x-sim-chunks: {args.chunks}", f"x-sim-output-tokens: {args.chunks}",
-        f"x-sim-chunk-delay-ms: {args.delay_ms}", "connection: close",
+        f"x-sim-event-delay-ms: {args.delay_ms}", "x-sim-ttft-ms: 0", "x-sim-burst: 0",
+        "connection: close",
     ]  # fmt: skip
     key = os.environ.get("BENCH_KEY")
     if key:

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             sim_port, gw_port = free_port(), free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("ANTEX_")}
             sim_args = [sys.executable, "-m", "gateway.simulator", "--port", str(sim_port),
-                        "--workers", str(args.sim_workers)]
+                        "--workers", str(args.sim_workers), "--burst"]
             with process(sim_args, env, tmp / "simulator.log") as sim:
                 wait_http(f"http://127.0.0.1:{sim_port}/_sim/stats", sim)
                 env |= {

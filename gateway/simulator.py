@@ -1,5 +1,6 @@
 """Anthropic-wire upstream simulator on granian RSGI: the upstream for first runs, tests,
-benchmarks and load tests. Each request steers its answer with `x-sim-*` headers.
+benchmarks and load tests. It paces, limits and refuses like the real API; each request can
+steer its answer with `x-sim-*` headers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import collections
 import functools
 import itertools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -21,7 +23,22 @@ from granian._granian import RSGIHTTPProtocol as HTTPProtocol
 from granian._granian import RSGIProtocolClosed, RSGIProtocolError
 from granian.rsgi import Scope
 
+from gateway import simulator_rules
+from gateway.simulator_limits import Limits, RateLimiter
+from gateway.simulator_rules import Rejected
+
 REQUIRE_KEY_ENV = "ANTEX_SIM_REQUIRE_KEY"
+TTFT_ENV = "ANTEX_SIM_TTFT_MS"
+EVENT_DELAY_ENV = "ANTEX_SIM_EVENT_DELAY_MS"
+BURST_ENV = "ANTEX_SIM_BURST"
+RPM_ENV, ITPM_ENV, OTPM_ENV = "ANTEX_SIM_RPM", "ANTEX_SIM_ITPM", "ANTEX_SIM_OTPM"
+# Shipped pacing: a quick but realistic upstream for `make run` (tests pass smaller values).
+DEFAULT_TTFT_MS = 300
+DEFAULT_EVENT_DELAY_MS = 15
+# High enough that no test or benchmark meets them unless it sets its own.
+DEFAULT_RPM, DEFAULT_ITPM, DEFAULT_OTPM = 10_000_000, 10_000_000_000, 10_000_000_000
+PING_EVERY_S = 5.0  # the longest silence inside a stream before a keep-alive ping
+
 _GONE = (RSGIProtocolClosed, RSGIProtocolError)  # what a send raises once the client left
 
 _JSON = [("content-type", "application/json")]
@@ -29,16 +46,6 @@ _SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", 
 # A drop advertises more bytes than it sends: the server then has to cut the connection
 # instead of ending the body cleanly.
 _DROP_EXTRA_BYTES = 1_000_000
-
-_MODELS = (  # newest first, as the real endpoint lists them
-    ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z"),
-    ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
-    ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-24T00:00:00Z"),
-    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-15T00:00:00Z"),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
-)
-_MODEL_INFO = {mid: {"type": "model", "id": mid, "display_name": name, "created_at": created}
-               for mid, name, created in _MODELS}
 
 _FAULTS = {
     "429": (429, "rate_limit_error", "This request would exceed the rate limit for your "
@@ -104,42 +111,93 @@ def _tool_input(schema: Any) -> dict[str, Any]:
     return out
 
 
+
 class BadRequest(Exception):
-    """A request the real API answers with 400 invalid_request_error."""
+    """A malformed body or `x-sim-*` header: 400 invalid_request_error."""
 
 
-def _header_int(headers: dict[str, str], name: str) -> int | None:
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise SystemExit(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """How one simulator process behaves; the workers read it from the environment."""
+
+    ttft_ms: int = DEFAULT_TTFT_MS
+    event_delay_ms: int = DEFAULT_EVENT_DELAY_MS
+    burst: bool = False
+    rpm: int = DEFAULT_RPM
+    itpm: int = DEFAULT_ITPM
+    otpm: int = DEFAULT_OTPM
+    require_key: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SimSettings:
+        return cls(
+            ttft_ms=_env_int(environ, TTFT_ENV, DEFAULT_TTFT_MS),
+            event_delay_ms=_env_int(environ, EVENT_DELAY_ENV, DEFAULT_EVENT_DELAY_MS),
+            burst=environ.get(BURST_ENV, "") == "1",
+            rpm=_env_int(environ, RPM_ENV, DEFAULT_RPM),
+            itpm=_env_int(environ, ITPM_ENV, DEFAULT_ITPM),
+            otpm=_env_int(environ, OTPM_ENV, DEFAULT_OTPM),
+            require_key=environ.get(REQUIRE_KEY_ENV) or None,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {TTFT_ENV: str(self.ttft_ms), EVENT_DELAY_ENV: str(self.event_delay_ms),
+                BURST_ENV: "1" if self.burst else "", RPM_ENV: str(self.rpm),
+                ITPM_ENV: str(self.itpm), OTPM_ENV: str(self.otpm),
+                REQUIRE_KEY_ENV: self.require_key or ""}
+
+
+@dataclass(frozen=True, slots=True)
+class _Pacing:
+    ttft: float  # seconds before message_start
+    delay: float  # seconds between two events
+    burst: bool  # the whole answer in one write, at once
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
     raw = headers.get(name)
     if raw is not None and not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"{name}: expected a non-negative integer")
     return None if raw is None else int(raw)
 
 
+def _pacing(headers: Mapping[str, str], settings: SimSettings) -> _Pacing:
+    ttft = _header_int(headers, "x-sim-ttft-ms")
+    delay = _header_int(headers, "x-sim-event-delay-ms")
+    if delay is None:  # the older name of the same control
+        delay = _header_int(headers, "x-sim-chunk-delay-ms")
+    burst = headers.get("x-sim-burst")
+    if burst not in (None, "0", "1"):
+        raise BadRequest("x-sim-burst: expected 0 or 1")
+    return _Pacing(
+        (settings.ttft_ms if ttft is None else ttft) / 1000,
+        (settings.event_delay_ms if delay is None else delay) / 1000,
+        settings.burst if burst is None else burst == "1",
+    )
+
+
 def _parse_body(body: bytes, *, counting: bool = False) -> dict[str, Any]:
+    """The checked request; raises BadRequest (not JSON) or Rejected (what the API refuses)."""
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequest("There was an error parsing the body of your request: "
                          "it is not valid JSON.") from None
-    if not isinstance(req, dict):
-        raise BadRequest("Input should be a valid dictionary")
-    for field in ("model", "messages") if counting else ("model", "max_tokens", "messages"):
-        if field not in req:
-            raise BadRequest(f"{field}: Field required")
-    if not isinstance(req["model"], str):
-        raise BadRequest("model: Input should be a valid string")
-    if not isinstance(req["messages"], list) or not req["messages"]:
-        raise BadRequest("messages: at least one message is required")
-    max_tokens = req.get("max_tokens", 1)
-    if type(max_tokens) is not int:
-        raise BadRequest("max_tokens: Input should be a valid integer")
-    if max_tokens < 1:
-        raise BadRequest("max_tokens: Input should be greater than or equal to 1")
-    return req
+    simulator_rules.check_messages_request(req, counting=counting)
+    return req  # type: ignore[no-any-return]
 
 
-def _wants_tool(req: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool to call, or None when the answer is plain text."""
+def _wants_tool(req: dict[str, Any], chosen: str | None) -> dict[str, Any] | None:
+    """The tool to call (`chosen` names it, else the first offered), or None for plain text."""
     tools, choice, last = req.get("tools"), req.get("tool_choice"), req["messages"][-1]
     if not isinstance(tools, list) or (isinstance(choice, dict) and choice.get("type") == "none"):
         return None
@@ -150,12 +208,16 @@ def _wants_tool(req: dict[str, Any]) -> dict[str, Any] | None:
     named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     if isinstance(choice, dict) and choice.get("type") == "tool":
         named = [t for t in named if t["name"] == choice.get("name")] or named
+    elif chosen is not None and named:
+        named = [t for t in named if t["name"] == chosen]
+        if not named:
+            raise BadRequest(f"x-sim-tool: no offered tool is named {chosen!r}")
     return named[0] if named else None
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """One answer, rendered either as a JSON message or as SSE."""
+    """One answer, rendered either as a JSON message or as SSE events."""
 
     msg_id: str
     model: str
@@ -174,12 +236,15 @@ class _Plan:
                    for kind, pieces, extra in self.blocks]
         return self._envelope(content, self.stop_reason, self.usage)
 
-    def sse(self) -> tuple[list[bytes], list[bytes]]:
-        """Head events (message_start, first block start, ping) and segments that each open
-        with one delta: pacing sleeps before every delta, block boundaries ride along."""
+    def event_count(self) -> int:
+        """How many events `sse()` yields: what a non-streamed answer waits for."""
+        deltas = sum(len(p) + (kind == "thinking") for kind, p, _ in self.blocks)
+        return 5 + 2 * len(self.blocks) + deltas
+
+    def sse(self) -> list[bytes]:
+        """Every event of the stream, each rendered alone (one write per event when paced)."""
         message = self._envelope([], None, {**self.usage, "output_tokens": 1})
-        head = [_event("message_start", {"type": "message_start", "message": message})]
-        segments: list[bytes] = []
+        events = [_event("message_start", {"type": "message_start", "message": message})]
         for index, (kind, pieces, extra) in enumerate(self.blocks):
             if kind == "tool_use":
                 block = {"type": kind, "id": extra["id"], "name": extra["name"], "input": {}}
@@ -191,23 +256,27 @@ class _Plan:
             else:
                 block = {"type": kind, "text": ""}
                 deltas = _deltas(index, "text_delta", "text", pieces)
-            opening = _event("content_block_start", {"type": "content_block_start",
-                                                     "index": index, "content_block": block})
+            events.append(_event("content_block_start", {
+                "type": "content_block_start", "index": index, "content_block": block}))
             if index == 0:
-                head += (opening, _PING)
-            else:
-                segments[-1] += opening
-            segments += deltas
-            segments[-1] += _event("content_block_stop", {"type": "content_block_stop",
-                                                          "index": index})
+                events.append(_PING)
+            events += deltas
+            events.append(_event("content_block_stop", {"type": "content_block_stop",
+                                                        "index": index}))
         u = self.usage
         usage = {"input_tokens": u["input_tokens"], "output_tokens": u["output_tokens"],
                  "cache_creation_input_tokens": u["cache_creation_input_tokens"],
                  "cache_read_input_tokens": u["cache_read_input_tokens"]}
         delta = {"type": "message_delta", "usage": usage,
                  "delta": {"stop_reason": self.stop_reason, "stop_sequence": None}}
-        segments[-1] += _event("message_delta", delta) + _MESSAGE_STOP
-        return head, segments
+        events += (_event("message_delta", delta), _MESSAGE_STOP)
+        return events
+
+
+def _cut(events: list[bytes]) -> list[bytes]:
+    """The first half of a stream, keeping at least its first delta and never its end."""
+    first_delta = next(i for i, e in enumerate(events) if e.startswith(_DELTA_HEAD))
+    return events[:max(first_delta + 1, min(len(events) // 2, len(events) - 2))]
 
 
 @dataclass(slots=True)
@@ -218,31 +287,54 @@ class _Stats:
     in_flight: int = 0
 
 
-class Simulator:
-    """The RSGI application. Counters and the request log are per worker process."""
+def _presented_key(headers: Mapping[str, str]) -> str:
+    key = headers.get("x-api-key")
+    if key is None:
+        auth = headers.get("authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else ""
+    return key
 
-    def __init__(self) -> None:
-        self.require_key: str | None = None
+
+class Simulator:
+    """The RSGI application. Counters, limits and the request log are per worker process."""
+
+    def __init__(self, settings: SimSettings | None = None) -> None:
+        self.settings = settings or SimSettings()
+        self.limiter = self._limiter()
         self.stats = _Stats()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._ids = itertools.count(1)
         self._prefix = ""
+        self._models = self._model_pages()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Per process, so forked workers never hand out colliding ids.
         self._prefix = os.urandom(4).hex()
-        self.require_key = os.environ.get(REQUIRE_KEY_ENV) or None
+        self.settings = SimSettings.from_env(os.environ)
+        self.limiter = self._limiter()
+
+    def _limiter(self) -> RateLimiter:
+        s = self.settings
+        return RateLimiter(Limits(s.rpm, s.itpm, s.otpm))
+
+    @staticmethod
+    def _model_pages() -> tuple[list[str], dict[str, dict[str, Any]]]:
+        catalog = simulator_rules.catalog()
+        info = {m.id: {"type": "model", "id": m.id, "display_name": m.display_name,
+                       "created_at": m.created_at} for m in catalog.models}
+        return [m.id for m in catalog.models], info
 
     def _next_id(self) -> str:
         return f"{self._prefix}{next(self._ids):08x}"
 
-    def _error(self, proto: HTTPProtocol, rid: str, status: int, kind: str, message: str,
-               extra: Sequence[tuple[str, str]] = ()) -> None:
-        body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": rid}
-        proto.response_bytes(status, [*_JSON, ("request-id", rid), *extra], orjson.dumps(body))
+    def _error(self, proto: HTTPProtocol, head: list[tuple[str, str]], status: int, kind: str,
+               message: str, extra: Sequence[tuple[str, str]] = ()) -> None:
+        body = {"type": "error", "error": {"type": kind, "message": message},
+                "request_id": head[0][1]}
+        proto.response_bytes(status, [*_JSON, *head, *extra], orjson.dumps(body))
 
-    def _json(self, proto: HTTPProtocol, rid: str, payload: Any) -> None:
-        proto.response_bytes(200, [*_JSON, ("request-id", rid)], orjson.dumps(payload))
+    def _json(self, proto: HTTPProtocol, head: list[tuple[str, str]], payload: Any) -> None:
+        proto.response_bytes(200, [*_JSON, *head], orjson.dumps(payload))
 
     async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
         rid = "req_sim_" + self._next_id()
@@ -253,63 +345,68 @@ class Simulator:
             body = await proto() if method in ("POST", "PUT", "PATCH") else b""
         except _GONE:  # the client left while still uploading
             return
+        key = _presented_key(headers)
+        # request-id first: error bodies repeat it.
+        head = [("request-id", rid), *self.limiter.peek(key, time.time())]
         if path.startswith("/_sim/"):
-            return self._control(proto, rid, method, path)
+            return self._control(proto, head, method, path)
         # Metadata only: the simulator never keeps or logs prompts.
         self.recent.append({"method": method, "path": path, "query_string": scope.query_string,
                             "headers": pairs, "body_length": len(body)})
-        key = self.require_key
-        # The anthropic SDK sends its api_key as `Authorization: Bearer`, raw clients x-api-key.
-        if key and key != headers.get("x-api-key") and \
-                headers.get("authorization") != "Bearer " + key:
-            self._error(proto, rid, 401, "authentication_error", "invalid x-api-key")
+        required = self.settings.require_key
+        if required and key != required:
+            self._error(proto, head, 401, "authentication_error", "invalid x-api-key")
         elif method == "POST" and path == "/v1/messages":
-            await self._messages(proto, rid, headers, body)
+            await self._messages(proto, head, key, headers, body)
         elif method == "POST" and path == "/v1/messages/count_tokens":
             try:
                 _parse_body(body, counting=True)
             except BadRequest as exc:
-                return self._error(proto, rid, 400, "invalid_request_error", str(exc))
-            self._json(proto, rid, {"input_tokens": max(1, len(body) // 4)})
+                return self._error(proto, head, 400, "invalid_request_error", str(exc))
+            except Rejected as exc:
+                return self._error(proto, head, exc.status, exc.error_type, exc.message)
+            self._json(proto, head, {"input_tokens": max(1, len(body) // 4)})
         elif method == "GET" and path == "/v1/models":
-            self._models(proto, rid, scope.query_string)
+            self._list_models(proto, head, scope.query_string)
         elif method == "GET" and path.startswith("/v1/models/"):
             model = path.removeprefix("/v1/models/")
-            if model in _MODEL_INFO:
-                self._json(proto, rid, _MODEL_INFO[model])
+            found = simulator_rules.catalog().by_id.get(model)
+            if found is not None:
+                self._json(proto, head, self._models[1][found.id])
             else:
-                self._error(proto, rid, 404, "not_found_error", f"model: {model}")
+                self._error(proto, head, 404, "not_found_error", f"model: {model}")
         else:
-            self._error(proto, rid, 404, "not_found_error", f"Not found: {method} {path}")
+            self._error(proto, head, 404, "not_found_error", f"Not found: {method} {path}")
 
-    def _control(self, proto: HTTPProtocol, rid: str, method: str, path: str) -> None:
+    def _control(self, proto: HTTPProtocol, head: list[tuple[str, str]], method: str,
+                 path: str) -> None:
         s = self.stats
         if method == "POST" and path == "/_sim/reset":
             # In place: running handlers hold this object, and in_flight stays truthful.
             s.started = s.completed = s.disconnected = 0
             self.recent.clear()
-            self._json(proto, rid, {"ok": True})
+            self._json(proto, head, {"ok": True})
         elif method == "GET" and path == "/_sim/stats":
-            self._json(proto, rid, {"started": s.started, "completed": s.completed,
-                                    "disconnected": s.disconnected, "in_flight": s.in_flight})
+            self._json(proto, head, {"started": s.started, "completed": s.completed,
+                                     "disconnected": s.disconnected, "in_flight": s.in_flight})
         elif method == "GET" and path == "/_sim/requests":
-            self._json(proto, rid, list(self.recent))
+            self._json(proto, head, list(self.recent))
         else:
-            self._error(proto, rid, 404, "not_found_error", f"Not found: {method} {path}")
+            self._error(proto, head, 404, "not_found_error", f"Not found: {method} {path}")
 
-    def _models(self, proto: HTTPProtocol, rid: str, query: str) -> None:
+    def _list_models(self, proto: HTTPProtocol, head: list[tuple[str, str]], query: str) -> None:
         params = {k: v[-1] for k, v in parse_qs(query).items()}
-        ids = [m[0] for m in _MODELS]
+        ids, info = self._models
         if params.get("after_id") in ids:  # the SDK's auto-pagination walks forward only
             ids = ids[ids.index(params["after_id"]) + 1:]
         limit = params.get("limit", "20")
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            return self._error(proto, rid, 400, "invalid_request_error",
+            return self._error(proto, head, 400, "invalid_request_error",
                                "limit: Input should be between 1 and 1000")
-        page = [_MODEL_INFO[i] for i in ids[:int(limit)]]
-        self._json(proto, rid, {"data": page, "has_more": len(ids) > len(page),
-                                "first_id": page[0]["id"] if page else None,
-                                "last_id": page[-1]["id"] if page else None})
+        page = [info[i] for i in ids[:int(limit)]]
+        self._json(proto, head, {"data": page, "has_more": len(ids) > len(page),
+                                 "first_id": page[0]["id"] if page else None,
+                                 "last_id": page[-1]["id"] if page else None})
 
     def _plan(self, req: dict[str, Any], headers: dict[str, str], body_len: int) -> _Plan:
         max_tokens: int = req["max_tokens"]
@@ -329,7 +426,7 @@ class Simulator:
             blocks.append(("thinking", _THINKING, {"signature": signature}))
         blocks.append(("text", _filler(out_tokens, chunks), {}))
         stop_reason = "end_turn"
-        tool = _wants_tool(req)
+        tool = _wants_tool(req, headers.get("x-sim-tool"))
         if tool is not None:
             args = _tool_input(tool.get("input_schema"))
             raw = orjson.dumps(args).decode()
@@ -349,8 +446,8 @@ class Simulator:
         return _Plan(msg_id, req["model"], usage,
                      headers.get("x-sim-stop-reason", stop_reason), blocks)
 
-    async def _messages(self, proto: HTTPProtocol, rid: str, headers: dict[str, str],
-                        body: bytes) -> None:
+    async def _messages(self, proto: HTTPProtocol, head: list[tuple[str, str]], key: str,
+                        headers: dict[str, str], body: bytes) -> None:
         stats = self.stats
         stats.started += 1
         stats.in_flight += 1
@@ -360,19 +457,29 @@ class Simulator:
             if fault in _FAULTS:
                 status, kind, message = _FAULTS[fault]
                 extra = [("retry-after", "7")] if status == 429 else []
-                return self._error(proto, rid, status, kind, message, extra)
+                return self._error(proto, head, status, kind, message, extra)
             try:
                 if fault is not None and fault not in _STREAM_FAULTS:
                     raise BadRequest(f"x-sim-fault: unknown fault {fault!r}")
                 req = _parse_body(body)
                 plan = self._plan(req, headers, len(body))
-                delay = (_header_int(headers, "x-sim-chunk-delay-ms") or 0) / 1000
+                pacing = _pacing(headers, self.settings)
             except BadRequest as exc:
-                return self._error(proto, rid, 400, "invalid_request_error", str(exc))
+                return self._error(proto, head, 400, "invalid_request_error", str(exc))
+            except Rejected as exc:
+                return self._error(proto, head, exc.status, exc.error_type, exc.message)
+            u = plan.usage
+            verdict = self.limiter.admit(
+                key, time.time(), u["input_tokens"] + u["cache_creation_input_tokens"],
+                req["max_tokens"], u["output_tokens"])
+            head = [head[0], *verdict.headers]
+            if verdict.retry_after is not None:
+                return self._error(proto, head, 429, "rate_limit_error", verdict.message,
+                                   [("retry-after", str(verdict.retry_after))])
             if req.get("stream"):
-                finished = await self._stream(proto, rid, plan, fault, delay)
+                finished = await self._stream(proto, head, plan, fault, pacing)
             else:
-                finished = await self._whole(proto, rid, plan, fault, delay)
+                finished = await self._whole(proto, head, plan, fault, pacing)
         finally:
             stats.in_flight -= 1
             if finished:
@@ -380,67 +487,79 @@ class Simulator:
             else:
                 stats.disconnected += 1
 
-    async def _whole(self, proto: HTTPProtocol, rid: str, plan: _Plan, fault: str | None,
-                     delay: float) -> bool:
-        """A non-stream answer; the stream faults map to their non-stream analogues."""
+    async def _whole(self, proto: HTTPProtocol, head: list[tuple[str, str]], plan: _Plan,
+                     fault: str | None, pacing: _Pacing) -> bool:
+        """A non-stream answer after the time the stream would take; the stream faults map
+        to their non-stream analogues."""
         if fault == "stall":
             await proto.client_disconnect()
             return False
         if fault == "error-mid-stream":
-            self._error(proto, rid, *_FAULTS["529"])
+            self._error(proto, head, *_FAULTS["529"])
             return True
-        if delay > 0 and not await _race_disconnect(
-                proto, asyncio.sleep(delay * len(plan.sse()[1]))):
+        wait = 0.0 if pacing.burst else pacing.ttft + pacing.delay * plan.event_count()
+        if wait > 0 and not await _race_disconnect(proto, asyncio.sleep(wait)):
             return False
         body = orjson.dumps(plan.message())
         if fault != "drop":
-            proto.response_bytes(200, [*_JSON, ("request-id", rid)], body)
+            proto.response_bytes(200, [*_JSON, *head], body)
             return True
         length = str(len(body) + _DROP_EXTRA_BYTES)
-        transport = proto.response_stream(
-            200, [*_JSON, ("request-id", rid), ("content-length", length)])
+        transport = proto.response_stream(200, [*_JSON, *head, ("content-length", length)])
         try:
             await transport.send_bytes(body[: len(body) // 2])
         except _GONE:
             return False
         return True
 
-    async def _stream(self, proto: HTTPProtocol, rid: str, plan: _Plan, fault: str | None,
-                      delay: float) -> bool:
+    async def _stream(self, proto: HTTPProtocol, head: list[tuple[str, str]], plan: _Plan,
+                      fault: str | None, pacing: _Pacing) -> bool:
         """Send the stream or its faulty variant; False when the client went away first."""
-        head, segments = plan.sse()
-        headers = [*_SSE, ("request-id", rid)]
+        events = plan.sse()
+        if fault in ("error-mid-stream", "drop"):
+            events = _cut(events)
+            if fault == "error-mid-stream":
+                events.append(_MID_STREAM_ERROR)
+        headers = [*_SSE, *head]
         if fault == "drop":
-            size = sum(map(len, head)) + sum(map(len, segments)) + _DROP_EXTRA_BYTES
-            headers.append(("content-length", str(size)))
+            headers.append(("content-length", str(sum(map(len, events)) + _DROP_EXTRA_BYTES)))
         transport = proto.response_stream(200, headers)
+        send = transport.send_bytes
         try:
             if fault == "stall":
-                await transport.send_bytes(head[0])
-                await proto.client_disconnect()
+                work = _paced(send, events[:1], 0.0 if pacing.burst else pacing.ttft, 0.0)
+                if await _race_disconnect(proto, work):
+                    await proto.client_disconnect()
                 return False
-            if fault in ("error-mid-stream", "drop"):
-                cut = len(segments) // 2
-                # A one-delta stream keeps its delta but not the message end riding on it.
-                segments = segments[:cut] if cut else [segments[0].split(b"\n\n", 1)[0] + b"\n\n"]
-                if fault == "error-mid-stream":
-                    segments.append(_MID_STREAM_ERROR)
-            if delay <= 0:
-                # One write: the client sees the same bytes and the hot path stays cheap.
-                await transport.send_bytes(b"".join((*head, *segments)))
+            if pacing.burst:
+                # One write: only for benchmarks that ask for it; the real API never does this.
+                await send(b"".join(events))
                 return True
-            send = transport.send_bytes
-            return await _race_disconnect(proto, _paced(send, b"".join(head), segments, delay))
+            return await _race_disconnect(proto, _paced(send, events, pacing.ttft, pacing.delay))
         except _GONE:
             return False
 
 
-async def _paced(send: Callable[[bytes], Awaitable[None]], head: bytes,
-                 segments: list[bytes], delay: float) -> None:
-    await send(head)
-    for segment in segments:
-        await asyncio.sleep(delay)
-        await send(segment)
+async def _pause(send: Callable[[bytes], Awaitable[None]], seconds: float,
+                 ping_every: float = PING_EVERY_S) -> None:
+    """Sleep, keeping a long silence alive with pings as the real API does."""
+    while seconds > ping_every:
+        await asyncio.sleep(ping_every)
+        await send(_PING)
+        seconds -= ping_every
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+async def _paced(send: Callable[[bytes], Awaitable[None]], events: list[bytes], ttft: float,
+                 delay: float) -> None:
+    """Each event its own write: `ttft` before the first, `delay` before every later one."""
+    if ttft > 0:
+        await asyncio.sleep(ttft)
+    await send(events[0])
+    for event in events[1:]:
+        await _pause(send, delay)
+        await send(event)
 
 
 async def _until_disconnect(proto: HTTPProtocol) -> None:
@@ -475,14 +594,17 @@ app = Simulator()
 
 
 def run(host: str = "127.0.0.1", port: int = 8090, workers: int = 1,
-        require_key: str | None = None) -> None:
-    """Serve the simulator with granian (RSGI, uvloop) until interrupted."""
+        settings: SimSettings | None = None) -> None:
+    """Serve the simulator with granian (RSGI, uvloop) until interrupted.
+
+    `settings` None keeps what the environment says (ANTEX_SIM_*), else the shipped defaults.
+    """
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
     # Workers are processes that import `app` themselves; the environment reaches them
     # under both fork and spawn.
-    os.environ[REQUIRE_KEY_ENV] = require_key or ""
+    os.environ.update((settings or SimSettings.from_env(os.environ)).to_env())
     server = Granian("gateway.simulator:app", address=host, port=port, workers=workers,
                      interface=Interfaces.RSGI, loop=Loops.uvloop,
                      # Long-stream benchmarks hold thousands of open streams per worker.
@@ -491,14 +613,33 @@ def run(host: str = "127.0.0.1", port: int = 8090, workers: int = 1,
 
 
 def main(argv: list[str] | None = None) -> None:
+    env = SimSettings.from_env(os.environ)
     parser = argparse.ArgumentParser(description="Anthropic-wire upstream simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--require-key", default=None,
+    parser.add_argument("--require-key", default=env.require_key,
                         help="answer 401 unless x-api-key (or Bearer) carries this key")
+    parser.add_argument("--ttft-ms", type=int, default=env.ttft_ms,
+                        help=f"wait before message_start (env {TTFT_ENV}, "
+                             f"default {DEFAULT_TTFT_MS})")
+    parser.add_argument("--event-delay-ms", type=int, default=env.event_delay_ms,
+                        help=f"wait between two SSE events (env {EVENT_DELAY_ENV}, "
+                             f"default {DEFAULT_EVENT_DELAY_MS})")
+    parser.add_argument("--burst", action="store_true", default=env.burst,
+                        help=f"write each answer at once, in one write (env {BURST_ENV}=1); "
+                             "for benchmarks only")
+    parser.add_argument("--rpm", type=int, default=env.rpm, help="requests per minute per key")
+    parser.add_argument("--itpm", type=int, default=env.itpm,
+                        help="input tokens per minute per key")
+    parser.add_argument("--otpm", type=int, default=env.otpm,
+                        help="output tokens per minute per key")
     args = parser.parse_args(argv)
-    run(args.host, args.port, args.workers, args.require_key)
+    if min(args.ttft_ms, args.event_delay_ms) < 0 or min(args.rpm, args.itpm, args.otpm) < 1:
+        parser.error("delays must be >= 0 and limits >= 1")
+    run(args.host, args.port, args.workers, SimSettings(
+        args.ttft_ms, args.event_delay_ms, args.burst, args.rpm, args.itpm, args.otpm,
+        args.require_key))
 
 
 if __name__ == "__main__":

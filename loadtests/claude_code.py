@@ -123,7 +123,9 @@ class ClaudeCodeUser(FastHttpUser):
             }
             extra = {
                 "x-sim-chunks": "12",
-                "x-sim-chunk-delay-ms": "20",
+                "x-sim-event-delay-ms": "20",
+                "x-sim-ttft-ms": "0",
+                "x-sim-burst": "0",
                 "x-sim-output-tokens": str(random.randint(40, 400)),
                 "x-sim-cache-read": str(context),
             }

@@ -57,7 +57,9 @@ class CodexUser(FastHttpUser):
             "originator": "codex_cli_rs",
             "user-agent": "codex_cli_rs/0.46.0",
             "x-sim-chunks": "10",
-            "x-sim-chunk-delay-ms": "20",
+            "x-sim-event-delay-ms": "20",
+            "x-sim-ttft-ms": "0",
+            "x-sim-burst": "0",
             "x-sim-output-tokens": str(random.randint(40, 300)),
         }
         with self.client.post(

@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         valkey, _ = stack.start_valkey(work)
-        sim = stack.start_simulator(logs)
+        # Burst unless a profile asks per request (x-sim-burst: 0 with its own event delay).
+        sim = stack.start_simulator(logs, burst=True)
         services.append(sim)
         antex = stack.start_antex(logs, work, valkey.url, sim.url)
         services.append(antex)

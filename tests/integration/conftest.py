@@ -74,8 +74,12 @@ def run_gateway(env: dict[str, str], port: int, log_path: Path, what: str = "gat
     )
 
 
+# Small but real pacing: every SSE event is its own write, as the real API sends them.
+SIM_PACING = ("--ttft-ms", "20", "--event-delay-ms", "3")
+
+
 def run_simulator(port: int, log_path: Path) -> Any:
-    args = [sys.executable, "-m", "gateway.simulator", "--port", str(port)]
+    args = [sys.executable, "-m", "gateway.simulator", "--port", str(port), *SIM_PACING]
     return running(args, port, "/_sim/stats", "simulator", log_path)
 
 
@@ -108,7 +112,7 @@ def simulator(logs_dir: Path) -> Iterator[str]:
     port = free_port()
     log = open(logs_dir / "simulator.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.simulator", "--port", str(port)],
+        [sys.executable, "-m", "gateway.simulator", "--port", str(port), *SIM_PACING],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -190,7 +190,8 @@ async def test_gateway_serves_and_bills_on_the_cluster(
         await admin.aclose()
 
     sim_port, port = free_port(), free_port()
-    sim = _spawn([sys.executable, "-m", "gateway.simulator", "--port", str(sim_port)], ROOT)
+    sim = _spawn([sys.executable, "-m", "gateway.simulator", "--port", str(sim_port),
+                  "--ttft-ms", "20", "--event-delay-ms", "3"], ROOT)
     (tmp_path / "clock").write_text("0")
     env = gateway_env(url, f"http://127.0.0.1:{sim_port}", tmp_path, port, ANTEX_WORKERS="1")
     proc = _spawn([sys.executable, "-m", "gateway", "serve"], ROOT, env)

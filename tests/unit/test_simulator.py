@@ -47,7 +47,8 @@ def _wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 def _start(*extra: str) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.simulator", "--port", str(port), *extra],
+        [sys.executable, "-m", "gateway.simulator", "--port", str(port),
+         "--ttft-ms", "20", "--event-delay-ms", "3", *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
