@@ -103,17 +103,17 @@ def test_claude_runs_a_tool_and_sends_its_result_back(
     cli: str, stack: Stack, customer: Customer, tmp_path: Path, sync_valkey: valkey.Valkey
 ) -> None:
     run = new_run()
-    # Glob is read-only (no permission prompt in print mode) and harmless.
+    # Read is read-only (no permission prompt in print mode): the file "sim" does not exist.
     done = claude(
-        cli, stack, customer.key, tmp_path, run, "Which Python files are here?", "--model", MODEL,
-        "--output-format", "stream-json", "--verbose", headers={"x-sim-tool": "Glob"},
+        cli, stack, customer.key, tmp_path, run, "What is in the file sim?", "--model", MODEL,
+        "--output-format", "stream-json", "--verbose", headers={"x-sim-tool": "Read"},
     )  # fmt: skip
     events = stream_json(ok(done))
     blocks = [(e["type"], b) for e in events if e["type"] in ("assistant", "user")
               and isinstance(e["message"]["content"], list) for b in e["message"]["content"]]
     uses = [b for kind, b in blocks if kind == "assistant" and b["type"] == "tool_use"]
     results = [b for kind, b in blocks if kind == "user" and b["type"] == "tool_result"]
-    assert [u["name"] for u in uses] == ["Glob"]
+    assert [u["name"] for u in uses] == ["Read"]
     assert [r["tool_use_id"] for r in results] == [u["id"] for u in uses]
     (final,) = [e for e in events if e["type"] == "result"]
     assert final["subtype"] == "success" and "simulated" in final["result"]
