@@ -22,7 +22,7 @@ TOOLS := .tools
 define npm_client  # folder, package, version
 $(TOOLS)/$(1)/.installed-$(3):
 	rm -rf $(TOOLS)/$(1)
-	npm install --prefix $(TOOLS)/$(1) --no-audit --no-fund --loglevel=error $(2)@$(3)
+	npm install --prefix $(TOOLS)/$(1) --save-exact --no-audit --no-fund --loglevel=error $(2)@$(3)
 	touch $$@
 CLIENT_STAMPS += $(TOOLS)/$(1)/.installed-$(3)
 endef
@@ -31,6 +31,8 @@ $(eval $(call npm_client,claude-code,@anthropic-ai/claude-code,2.1.332))
 $(eval $(call npm_client,claude-code-2.1.197,@anthropic-ai/claude-code,2.1.197))
 $(eval $(call npm_client,codex,@openai/codex,0.171.0))
 $(eval $(call npm_client,opencode,opencode-ai,1.18.33))
+# OpenCode installs this into its config folder on first start; the tests seed it from here.
+$(eval $(call npm_client,opencode-plugin,@opencode-ai/plugin,1.18.33))
 
 ifeq ($(shell command -v npm),)
 clients:
@@ -60,7 +62,7 @@ TOOLS := .tools
 define npm_client  # folder, package, version
 $(TOOLS)/$(1)/.installed-$(3):
 	rm -rf $(TOOLS)/$(1)
-	npm install --prefix $(TOOLS)/$(1) --no-audit --no-fund --loglevel=error $(2)@$(3)
+	npm install --prefix $(TOOLS)/$(1) --save-exact --no-audit --no-fund --loglevel=error $(2)@$(3)
 	touch $$@
 CLIENT_STAMPS += $(TOOLS)/$(1)/.installed-$(3)
 endef
@@ -69,6 +71,8 @@ $(eval $(call npm_client,claude-code,@anthropic-ai/claude-code,2.1.332))
 $(eval $(call npm_client,claude-code-2.1.197,@anthropic-ai/claude-code,2.1.197))
 $(eval $(call npm_client,codex,@openai/codex,0.171.0))
 $(eval $(call npm_client,opencode,opencode-ai,1.18.33))
+# OpenCode installs this into its config folder on first start; the tests seed it from here.
+$(eval $(call npm_client,opencode-plugin,@opencode-ai/plugin,1.18.33))
 
 ifeq ($(shell command -v npm),)
 clients:
