@@ -36,7 +36,7 @@ def codex_home(
     tmp_path: Path, stack: Stack, extra: str = "", headers: dict[str, str] | None = None
 ) -> Path:
     """The README's provider block; retries off so a broken stream fails the test; commands
-    the model asks for run in a read-only sandbox."""
+    the model asks for run in a read-only sandbox; no plugin sync (it would call GitHub)."""
     home = tmp_path / "codex-home"
     home.mkdir()
     sent = ", ".join(f'"{k}" = "{v}"' for k, v in (headers or {}).items())
@@ -53,6 +53,8 @@ def codex_home(
         "request_max_retries = 0\n"
         "stream_max_retries = 0\n"
         f"http_headers = {{ {sent} }}\n"
+        "[features]\n"
+        "plugins = false\n"
     )
     return home
 
