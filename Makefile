@@ -18,11 +18,12 @@ run: $(STAMP)
 # The real CLI clients the integration tests drive, pinned, each in its own npm prefix under
 # $(TOOLS)/ (the tests look there first). The stamp is named by version: a bump reinstalls.
 TOOLS := .tools
+NPM ?= $(shell command -v npm)
 
 define npm_client  # folder, package, version
 $(TOOLS)/$(1)/.installed-$(3):
 	rm -rf $(TOOLS)/$(1)
-	npm install --prefix $(TOOLS)/$(1) --save-exact --no-audit --no-fund --loglevel=error $(2)@$(3)
+	$(NPM) install --prefix $(TOOLS)/$(1) --save-exact --no-audit --no-fund --loglevel=error $(2)@$(3)
 	touch $$@
 CLIENT_STAMPS += $(TOOLS)/$(1)/.installed-$(3)
 endef
@@ -34,7 +35,7 @@ $(eval $(call npm_client,opencode,opencode-ai,1.18.33))
 # OpenCode installs this into its config folder on first start; the tests seed it from here.
 $(eval $(call npm_client,opencode-plugin,@opencode-ai/plugin,1.18.33))
 
-ifeq ($(shell command -v npm),)
+ifeq ($(NPM),)
 clients:
 	@echo "npm not found: the Claude Code, Codex and OpenCode tests will skip"
 else
@@ -55,33 +56,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-load# The real CLI clients the integration tests drive, pinned, each in its own npm prefix under
-# $(TOOLS)/ (the tests look there first). The stamp is named by version: a bump reinstalls.
-TOOLS := .tools
-
-define npm_client  # folder, package, version
-$(TOOLS)/$(1)/.installed-$(3):
-	rm -rf $(TOOLS)/$(1)
-	npm install --prefix $(TOOLS)/$(1) --save-exact --no-audit --no-fund --loglevel=error $(2)@$(3)
-	touch $$@
-CLIENT_STAMPS += $(TOOLS)/$(1)/.installed-$(3)
-endef
-
-$(eval $(call npm_client,claude-code,@anthropic-ai/claude-code,2.1.332))
-$(eval $(call npm_client,claude-code-2.1.197,@anthropic-ai/claude-code,2.1.197))
-$(eval $(call npm_client,codex,@openai/codex,0.171.0))
-$(eval $(call npm_client,opencode,opencode-ai,1.18.33))
-# OpenCode installs this into its config folder on first start; the tests seed it from here.
-$(eval $(call npm_client,opencode-plugin,@opencode-ai/plugin,1.18.33))
-
-ifeq ($(shell command -v npm),)
-clients:
-	@echo "npm not found: the Claude Code, Codex and OpenCode tests will skip"
-else
-clients: $(CLIENT_STAMPS)
-endif
-
-test: $(STAMP) clients
+loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.run
 
 clean:
