@@ -75,9 +75,10 @@ def stream_json(out: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("cli", CLAUDES)
 def test_the_pinned_claude_code_is_the_version_under_test(cli: str, request: Any) -> None:
-    if cli.startswith(str(TOOLS)):
-        done = subprocess.run([cli, "--version"], capture_output=True, text=True, check=True)
-        assert done.stdout.split()[0] == request.node.callspec.id
+    if not cli.startswith(str(TOOLS)):
+        pytest.skip(f"{cli} is not the copy pinned under .tools/")
+    done = subprocess.run([cli, "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[0] == request.node.callspec.id
 
 
 @pytest.mark.parametrize("credential", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
@@ -153,8 +154,7 @@ def test_claude_streams_its_turn_event_by_event(
     assert all(e["stream"] == "1" and e["status"] == "200" for e in entries)
 
 
-@pytest.mark.skipif(CURRENT is None, reason="claude (Claude Code) not found in .tools/claude-code/"
-                    " or PATH: `make test` installs it when npm is present")  # fmt: skip
+@needs(CURRENT, "claude (Claude Code)", "claude-code")
 def test_claude_default_model_answers_through_the_gateway(
     stack: Stack, customer: Customer, tmp_path: Path, sync_valkey: valkey.Valkey
 ) -> None:
