@@ -22,13 +22,6 @@ _DELTA = b"event: content_block_delta"
 _BUCKET_S = 0.5
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 class Tally:
     def __init__(self, t0: float) -> None:
         self.t0 = t0
@@ -40,7 +33,7 @@ class Tally:
         self.completed = 0
         self.failed = 0
         self.heads: list[float] = []  # when each stream's 200 arrived, seconds from t0
-        self.closes: list[float] = []  # when each completed stream ended
+        self.closes: list[float] = []  # when each stream that had its 200 ended
 
 
 class StreamProtocol(asyncio.Protocol):
@@ -50,6 +43,7 @@ class StreamProtocol(asyncio.Protocol):
         self.in_body = False
         self.last = 0.0
         self.finished = False
+        self.ok = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,6 +61,7 @@ class StreamProtocol(asyncio.Protocol):
             status = int(self.head[9:12])
             t.status[status] += 1
             if status == 200:
+                self.ok = True
                 t.heads.append(now - t.t0)
             data, self.head, self.in_body = self.head[end + 4 :], b"", True
         deltas = data.count(_DELTA)
@@ -83,13 +78,27 @@ class StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         t = self.tally
         t.open -= 1
-        if self.finished:
+        if self.ok:
             t.closes.append(time.monotonic() - t.t0)
+        if self.finished:
             t.completed += 1
         else:
             t.failed += 1
         if not self.done.done():
             self.done.set_result(None)
+
+
+def _open_per_bucket(tally: Tally, buckets: int) -> list[int]:
+    delta = [0] * (buckets + 1)
+    for t in tally.heads:
+        delta[min(buckets, int(t / _BUCKET_S))] += 1
+    for t in tally.closes:
+        delta[min(buckets, int(t / _BUCKET_S))] -= 1
+    out, running = [], 0
+    for d in delta[:buckets]:
+        running += d
+        out.append(running)
+    return out
 
 
 async def _one(host: str, port: int, request: bytes, tally: Tally) -> None:
@@ -134,7 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         tasks.append(asyncio.ensure_future(_one(host, port, request, tally)))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - tally.t0
-    buckets = max(tally.chunks, default=0) + 1
+    buckets = int(elapsed / _BUCKET_S) + 1
     return {
         "t0": tally.t0,
         "streams": args.streams,
@@ -142,10 +151,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "completed": tally.completed,
         "failed": tally.failed,
         "status": {str(k): v for k, v in tally.status.items()},
-        # The plateau: from when 99 % of the streams had their 200 until 1 % had finished
-        # (a few stragglers or early failures must not erase it).
-        "all_open_at": _quantile(tally.heads, 0.99),
-        "first_close_at": _quantile(tally.closes, 0.01),
+        # Streams open (200 received, not yet ended) at the end of each bucket.
+        "open_per_bucket": _open_per_bucket(tally, buckets),
         "elapsed": elapsed,
         "gaps_ms": {**percentiles(tally.gaps_ms), "max": max(tally.gaps_ms, default=0.0)},
         "gap_samples": len(tally.gaps_ms),

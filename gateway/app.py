@@ -11,38 +11,23 @@ from typing import Any
 import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
 
-from gateway import admin_api, errors, observability, wire
+from gateway import admin_api, errors, observability
 from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import routes as dashboard
+from gateway.edge import edge_middleware, error_response
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.observability import Metrics, configure_logging
 from gateway.openai_routes import OpenAIRoutes
-from gateway.pipeline import Pipeline, new_request_id
+from gateway.pipeline import Pipeline
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
 from gateway.scripts import Scripts
 from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")
-
-_OPENAI_PATHS = ("/v1/chat/", "/v1/responses")
-
-
-def _is_openai(request: Request) -> bool:
-    return request.path.startswith(_OPENAI_PATHS)
-
-
-def error_response(request: Request, exc: errors.AntexError) -> Response:
-    """The single mapping from a domain error to the route's wire shape."""
-    request_id = new_request_id()
-    status = wire.status_of(exc)
-    headers = wire.headers_of(exc, request_id)
-    body = wire.openai_body(exc) if _is_openai(request) else wire.anthropic_body(exc, request_id)
-    return Response(status, headers, Content(b"application/json", body))
-
 
 class Resources:
     """Everything one worker opens at start-up and closes at shutdown."""
@@ -145,6 +130,10 @@ def create_app(settings: Settings) -> Application:
         return error_response(request, exc)
 
     app.exceptions_handlers[errors.AntexError] = handle_domain_error
+    origins = settings.cors_origins
+    app.middlewares.append(
+        edge_middleware(app, None if origins is None else frozenset(o.encode() for o in origins))
+    )
 
     async def root(request: Request) -> Response:
         return Response(200, [], Content(b"text/plain", b"Antex gateway\n"))

@@ -53,6 +53,18 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _origins(env: Mapping[str, str], name: str) -> frozenset[str] | None:
+    """``*`` or unset: any origin; else a comma-separated list of exact origins."""
+    raw = (env.get(name) or "*").strip()
+    if raw == "*":
+        return None
+    origins = frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: {origin!r} is not an origin like https://app.example")
+    return origins
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, default) or default
     if value not in choices:
@@ -72,8 +84,14 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     # Idle time allowed between two upstream chunks; no total timeout (streams run minutes).
     upstream_read_timeout: float = 300.0
+    # Wait for a non-streamed answer (and count_tokens): Anthropic allows such requests up
+    # to 10 minutes, and Claude Code falls back to them after a stream error.
+    upstream_nonstream_timeout: float = 600.0
     max_body_bytes: int = 2 * 1024 * 1024
-    max_tokens_limit: int = 64_000
+    # An operator's cap on max_tokens below the models' own output limits; None: the model's.
+    max_tokens_limit: int | None = None
+    # Origins allowed to call /v1/* from a browser; None: any (keys, not cookies, authenticate).
+    cors_origins: frozenset[str] | None = None
     bcrypt_rounds: int = 10
     auth_cache_ttl: float = 300.0
     auth_cache_size: int = 100_000
@@ -111,8 +129,10 @@ class Settings:
             upstream_key=e.get("ANTEX_UPSTREAM_KEY") or None,
             upstream_connect_timeout=_float(e, "ANTEX_UPSTREAM_CONNECT_TIMEOUT", 10.0),
             upstream_read_timeout=_float(e, "ANTEX_UPSTREAM_READ_TIMEOUT", 300.0),
+            upstream_nonstream_timeout=_float(e, "ANTEX_UPSTREAM_NONSTREAM_TIMEOUT", 600.0),
             max_body_bytes=_int(e, "ANTEX_MAX_BODY_BYTES", 2 * 1024 * 1024, 1),
-            max_tokens_limit=_int(e, "ANTEX_MAX_TOKENS", 64_000, 1),
+            max_tokens_limit=_int(e, "ANTEX_MAX_TOKENS", 0, 1) or None,
+            cors_origins=_origins(e, "ANTEX_CORS_ORIGINS"),
             bcrypt_rounds=_int(e, "ANTEX_BCRYPT_ROUNDS", 10, 4),
             auth_cache_ttl=_float(e, "ANTEX_AUTH_CACHE_TTL", 300.0),
             auth_cache_size=_int(e, "ANTEX_AUTH_CACHE_SIZE", 100_000, 1),

@@ -13,8 +13,10 @@
     │   ├── IpLimitReached        ip_limit_reached        403
     │   └── KeyQuarantined        key_quarantined         403
     ├── RateLimited               rate_limit_error        429 (+ retry-after)
-    ├── UpstreamFailed            api_error               502 (connect/read failure, timeout)
+    ├── UpstreamFailed            api_error               502 (connect/read failure)
+    │   └── UpstreamTimedOut      timeout_error           504 (no byte within the timeout)
     ├── ServiceUnavailable        api_error               503 (Valkey unreachable: fail closed)
+    ├── InternalError             api_error               500 (a fault nothing else mapped)
     └── ConfigError               (start-up only, never on the wire)
 """
 
@@ -91,9 +93,18 @@ class UpstreamFailed(AntexError):
 
     code = "api_error"
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
+
+class UpstreamTimedOut(UpstreamFailed):
+    """No byte from the upstream within the timeout: Anthropic's own 504 type, which the
+    clients match to retry."""
+
+    code = "timeout_error"
+
+
+class InternalError(AntexError):
+    """A fault in the gateway itself; logged with its location, answered in wire shape."""
+
+    code = "api_error"
 
 
 class ServiceUnavailable(AntexError):

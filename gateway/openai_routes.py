@@ -14,11 +14,12 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from blacksheep import Content, Request, Response, StreamedContent
+from blacksheep import Content, Request, Response
 
 from gateway import errors
 from gateway.auth import AuthedKey
-from gateway.pipeline import Pipeline, Ticket, asgi_content, new_request_id
+from gateway.edge import request_id, stream_response
+from gateway.pipeline import Pipeline, Ticket, asgi_content
 from gateway.proxy import (
     OPENAI_CLIENT_HEADERS,
     StreamState,
@@ -96,12 +97,6 @@ def _json(status: int, payload: Any, headers: list[tuple[bytes, bytes]]) -> Resp
     return Response(status, headers, Content(JSON, orjson.dumps(payload)))
 
 
-def _headers(resp: aiohttp.ClientResponse, request_id: str) -> list[tuple[bytes, bytes]]:
-    # Our own content type replaces the upstream's; retry hints and its request-id stay.
-    kept = [(k, v) for k, v in response_headers(resp) if k.lower() != b"content-type"]
-    return [*kept, (b"x-request-id", request_id.encode())]
-
-
 class OpenAIRoutes:
     def __init__(self, pipeline: Pipeline, upstream: Upstream) -> None:
         self.p = pipeline
@@ -112,14 +107,14 @@ class OpenAIRoutes:
     async def chat_completions(self, request: Request) -> Response:
         payload, caller, adaptive = await self._read(request)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
-        ticket = await self._admit("chat_completions", caller, translated)
+        ticket = await self._admit(request, "chat_completions", caller, translated)
         resp = await self._post(request, ticket)
         if not self._is_stream(resp):
             data = await self._whole(ticket, resp)
             if data is None:
                 return await self._upstream_error(ticket, resp)
             answer = anthropic_to_chat_response(data, created=int(time.time()))
-            return _json(200, answer, _headers(resp, ticket.request_id))
+            return _json(200, answer, response_headers(resp))
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         translator = ChatStreamTranslator(
@@ -133,11 +128,11 @@ class OpenAIRoutes:
         payload, caller, adaptive = await self._read(request)
         translated, ctx = responses_request_to_anthropic(payload, adaptive_thinking=adaptive)
         try:
-            ticket = await self._admit("responses", caller, translated)
+            ticket = await self._admit(request, "responses", caller, translated)
         except errors.RateLimited as exc:
             if payload.get("stream") is not True:
                 raise
-            return self._refused_stream(ctx, exc)
+            return self._refused_stream(request, ctx, exc)
         response_id = "resp_" + ticket.request_id.removeprefix("req_")
         resp = await self._post(request, ticket)
         if not self._is_stream(resp):
@@ -147,36 +142,36 @@ class OpenAIRoutes:
             answer = anthropic_to_responses(
                 data, ctx, response_id=response_id, created_at=int(time.time())
             )
-            return _json(200, answer, _headers(resp, ticket.request_id))
+            return _json(200, answer, response_headers(resp))
         translator = ResponsesStreamTranslator(
             ctx, response_id=response_id, created_at=int(time.time())
         )
         # created/in_progress go out only now, after the upstream's 200 (F.4.3).
         return self._stream(ticket, request, resp, translator, translator.start())
 
-    def _refused_stream(self, ctx: ResponsesContext, exc: errors.RateLimited) -> Response:
+    def _refused_stream(
+        self, request: Request, ctx: ResponsesContext, exc: errors.RateLimited
+    ) -> Response:
         """A window refusal as Codex can act on it (F.5): an HTTP 429 is fatal to Codex, while
         ``response.failed`` with ``rate_limit_exceeded`` and "try again in Ns" is retried then.
         """
-        request_id = new_request_id()
+        rid = request_id(request)
         translator = ResponsesStreamTranslator(
-            ctx, response_id="resp_" + request_id.removeprefix("req_"), created_at=int(time.time())
+            ctx, response_id="resp_" + rid.removeprefix("req_"), created_at=int(time.time())
         )
         body = translator.start() + translator.error(
             {"type": "rate_limit_error", "message": exc.message},
             code="rate_limit_exceeded",
             retry_after_s=exc.retry_after_s,
         )
-        headers = [
-            (b"x-request-id", request_id.encode()),
-            (b"retry-after", str(exc.retry_after_s).encode()),
-        ]
-        return Response(200, headers, Content(SSE, body))
+        return Response(
+            200, [(b"retry-after", str(exc.retry_after_s).encode())], Content(SSE, body)
+        )
 
     async def get_response(self, request: Request, response_id: str) -> Response:
         """Responses are never stored (requests are served statelessly): always 404."""
         authed, ip_tag = await self.p.authenticate(request)
-        await self.p.check_only(authed, ip_tag)
+        await self.p.check_only(authed, ip_tag, request_id(request))
         raise errors.NotFound(f"Response with id '{response_id}' not found.")
 
     # -- shared steps --------------------------------------------------------------------------
@@ -192,13 +187,15 @@ class OpenAIRoutes:
             adaptive = adaptive_thinking(info.id if info is not None else model_id)
         return payload, caller, adaptive
 
-    async def _admit(self, route: str, caller: _Caller, translated: dict[str, Any]) -> Ticket:
+    async def _admit(
+        self, request: Request, route: str, caller: _Caller, translated: dict[str, Any]
+    ) -> Ticket:
         p = self.p
         model, max_tokens = p.check_messages(translated)
         body = orjson.dumps(translated)  # the estimate prices the bytes Claude will read
         authed, ip_tag = caller
         return await p.admit(
-            route=route, authed=authed, ip_tag=ip_tag, model=model,
+            request_id=request_id(request), route=route, authed=authed, ip_tag=ip_tag, model=model,
             payload=translated, body=body, max_tokens=max_tokens,
         )  # fmt: skip
 
@@ -237,7 +234,7 @@ class OpenAIRoutes:
             self.p.metrics.upstream_error(str(resp.status))
         self.p.finish(ticket, {}, resp.status, "upstream_error")
         status, body = anthropic_error_to_openai(resp.status, raw)
-        return _json(status, body, _headers(resp, ticket.request_id))
+        return _json(status, body, response_headers(resp))
 
     def _stream(
         self,
@@ -291,4 +288,4 @@ class OpenAIRoutes:
                 metrics.stream_closed()
                 self.p.finish_stream(ticket, state, billed, errored)
 
-        return Response(200, _headers(resp, ticket.request_id), StreamedContent(SSE, provider))
+        return stream_response(response_headers(resp), provider)

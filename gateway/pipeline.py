@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +23,10 @@ from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
 from gateway.limits import CreditLimiter
 from gateway.observability import Metrics, access_log
-from gateway.proxy import StreamState, Upstream, read_body
+from gateway.proxy import StreamState, Upstream, read_body, upstream_request_id
 from gateway.usage import Usage, cost_mc, estimate_mc
 
 log = logging.getLogger("antex.pipeline")
-
-
-def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
 
 
 def asgi_content(request: Request) -> ASGIContent:
@@ -65,6 +60,7 @@ class Ticket:
     estimate_mc: int
     started: float = field(default_factory=time.perf_counter)
     ttfb: float | None = None
+    upstream_request_id: str | None = None
 
     def first_byte(self) -> None:
         if self.ttfb is None:
@@ -134,7 +130,11 @@ class Pipeline:
         return payload
 
     def check_messages(self, payload: dict[str, Any]) -> tuple[ModelInfo, int]:
-        """Validates an Anthropic Messages payload; returns its model and max_tokens."""
+        """Validates an Anthropic Messages payload; returns its model and max_tokens.
+
+        max_tokens may go up to the model's own output limit (the catalog's
+        ``max_output_tokens``), or to the operator's lower ``ANTEX_MAX_TOKENS`` when set.
+        """
         model_id = payload.get("model")
         if not isinstance(model_id, str) or not model_id:
             raise errors.InvalidRequest("model: field required", param="model")
@@ -143,13 +143,19 @@ class Pipeline:
             raise errors.InvalidRequest(
                 "max_tokens: must be a positive integer", param="max_tokens"
             )
-        if max_tokens > self.settings.max_tokens_limit:
-            raise errors.MaxTokensTooLarge(
-                f"max_tokens: {max_tokens} exceeds the limit of "
-                f"{self.settings.max_tokens_limit:,}.",
-                param="max_tokens",
+        model = self.model_info(model_id)
+        limits = [n for n in (model.max_output_tokens, self.settings.max_tokens_limit) if n]
+        if limits and max_tokens > min(limits):
+            limit = min(limits)
+            whose = (
+                f"{model.id}'s output limit"
+                if limit == model.max_output_tokens
+                else "this gateway's limit"
             )
-        return self.model_info(model_id), max_tokens
+            raise errors.MaxTokensTooLarge(
+                f"max_tokens: {max_tokens} exceeds {whose} of {limit:,}.", param="max_tokens"
+            )
+        return model, max_tokens
 
     def model_info(self, model_id: str) -> ModelInfo:
         info = self.catalog.lookup(model_id)
@@ -160,6 +166,7 @@ class Pipeline:
     async def admit(
         self,
         *,
+        request_id: str,
         route: str,
         authed: AuthedKey,
         ip_tag: str,
@@ -168,7 +175,6 @@ class Pipeline:
         body: bytes,
         max_tokens: int,
     ) -> Ticket:
-        request_id = new_request_id()
         estimate = estimate_mc(len(body), max_tokens, model.rates, self.settings.reserve_output_cap)
         try:
             await self.limiter.admit(
@@ -193,13 +199,13 @@ class Pipeline:
             estimate_mc=estimate,
         )
 
-    async def check_only(self, authed: AuthedKey, ip_tag: str) -> None:
+    async def check_only(self, authed: AuthedKey, ip_tag: str, request_id: str) -> None:
         """Key, plan and IP checks without a reservation (unbilled routes)."""
         await self.limiter.admit(
             account_id=authed.account_id,
             key_id=authed.key_id,
             ip_tag=ip_tag,
-            request_id=new_request_id(),
+            request_id=request_id,
             estimate_mc=0,
             check_only=True,
         )
@@ -209,19 +215,26 @@ class Pipeline:
     ) -> aiohttp.ClientResponse:
         """The upstream call of an admitted request; a failure to connect is billed as such."""
         try:
-            return await upstream.post(path_qs, ticket.body, headers)
-        except errors.UpstreamFailed:
+            resp = await upstream.post(path_qs, ticket.body, headers, stream=ticket.stream)
+        except errors.UpstreamFailed as exc:
             self.metrics.upstream_error("connect")
-            self.finish(ticket, {}, 502, "upstream_unreachable")
+            timed_out = isinstance(exc, errors.UpstreamTimedOut)
+            self.finish(
+                ticket, {}, 504 if timed_out else 502,
+                "upstream_timeout" if timed_out else "upstream_unreachable",
+            )  # fmt: skip
             raise
+        ticket.upstream_request_id = upstream_request_id(resp)
+        return resp
 
     async def read_whole(self, ticket: Ticket, resp: aiohttp.ClientResponse) -> bytes:
         """A whole (non-stream or error) upstream body; a lost connection is billed as such."""
         try:
             data = await read_body(resp)
-        except errors.UpstreamFailed:
+        except errors.UpstreamFailed as exc:
             self.metrics.upstream_error("read")
-            self.finish(ticket, {}, 502, "upstream_lost")
+            timed_out = isinstance(exc, errors.UpstreamTimedOut)
+            self.finish(ticket, {}, 504 if timed_out else 502, "upstream_lost")
             raise
         ticket.first_byte()
         if resp.status >= 500 or resp.status == 429:
@@ -270,6 +283,8 @@ class Pipeline:
             "stream": int(ticket.stream),
             "disconnected": int(outcome == "client_disconnected"),
         }
+        if ticket.upstream_request_id:
+            record["upstream_request_id"] = ticket.upstream_request_id
         if outcome != "ok":
             record["error_type"] = outcome
         self.metrics.request_done(

@@ -14,7 +14,7 @@ import aiohttp
 
 from gateway import wire
 from gateway.config import Settings
-from gateway.errors import UpstreamFailed
+from gateway.errors import UpstreamFailed, UpstreamTimedOut
 from gateway.sse import UsageScanner
 
 log = logging.getLogger("antex.upstream")
@@ -29,11 +29,10 @@ _DROP_REQUEST = frozenset(
         "forwarded", "x-real-ip", "expect",
     }
 )  # fmt: skip
-# Upstream response headers a customer may see; rate-limit and org headers describe the
-# operator's upstream account and stay private.
-_KEEP_RESPONSE = frozenset(
-    {b"content-type", b"request-id", b"retry-after", b"retry-after-ms", b"x-should-retry"}
-)
+# Upstream response headers a customer may see: its retry hints. Rate-limit and org headers
+# describe the operator's upstream account and stay private; the content type comes from the
+# answer's body, and the request id is the gateway's own (the edge sets it).
+_KEEP_RESPONSE = frozenset({b"retry-after", b"retry-after-ms", b"x-should-retry"})
 
 
 # On translated routes the client speaks OpenAI's protocol: its own headers (Codex's turn
@@ -65,24 +64,41 @@ def upstream_headers(
 
 
 def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The upstream headers that go on to the client: retry hints only, each once."""
     return [(k, v) for k, v in resp.raw_headers if k.lower() in _KEEP_RESPONSE]
+
+
+def content_type(resp: aiohttp.ClientResponse, default: str = "application/json") -> bytes:
+    return resp.headers.get("content-type", default).encode("latin-1")
+
+
+def upstream_request_id(resp: aiohttp.ClientResponse) -> str | None:
+    """The upstream's id for the answer, logged beside the gateway's own."""
+    return resp.headers.get("request-id")
 
 
 class Upstream:
     def __init__(self, settings: Settings) -> None:
         self.base = settings.upstream_url
         self.key = settings.upstream_key or "simulator"
-        self._connect_timeout = settings.upstream_connect_timeout
-        self._read_timeout = settings.upstream_read_timeout
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream_connect_timeout,
+            sock_read=settings.upstream_read_timeout,
+        )
+        # A non-streamed answer arrives whole at the end: the first byte may take minutes.
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream_connect_timeout,
+            sock_read=max(settings.upstream_nonstream_timeout, settings.upstream_read_timeout),
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
-            ),
+            timeout=self._stream_timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
@@ -92,24 +108,21 @@ class Upstream:
             await self._session.close()
 
     async def post(
-        self, path_qs: str, body: bytes, headers: dict[str, str]
+        self, path_qs: str, body: bytes, headers: dict[str, str], *, stream: bool
     ) -> aiohttp.ClientResponse:
-        """Sends the request; raises UpstreamFailed when no response arrives."""
+        """Sends the request; ``stream`` picks the first-byte timeout (idle timeout for a
+        stream, the non-stream timeout otherwise). Raises UpstreamFailed (UpstreamTimedOut)
+        when no response arrives."""
         assert self._session is not None, "Upstream.start() was not awaited"
         try:
-            return await self._session.post(self.base + path_qs, data=body, headers=headers)
+            return await self._session.post(
+                self.base + path_qs,
+                data=body,
+                headers=headers,
+                timeout=self._stream_timeout if stream else self._whole_timeout,
+            )
         except TimeoutError as exc:
-            raise UpstreamFailed("Upstream did not answer in time", timeout=True) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed(f"Upstream unreachable: {type(exc).__name__}") from exc
-
-    async def get(self, path_qs: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        assert self._session is not None, "Upstream.start() was not awaited"
-        try:
-            async with self._session.get(self.base + path_qs, headers=headers) as resp:
-                return resp.status, await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamFailed("Upstream did not answer in time", timeout=True) from exc
+            raise UpstreamTimedOut("Upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamFailed(f"Upstream unreachable: {type(exc).__name__}") from exc
 
@@ -118,7 +131,7 @@ async def read_body(resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
     except TimeoutError as exc:
-        raise UpstreamFailed("Upstream stopped sending data", timeout=True) from exc
+        raise UpstreamTimedOut("Upstream stopped sending data") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamFailed(f"Upstream connection lost: {type(exc).__name__}") from exc
     finally:

@@ -8,16 +8,18 @@ from typing import Any
 
 import orjson
 import valkey.asyncio as avalkey
-from blacksheep import Content, Request, Response, StreamedContent
+from blacksheep import Content, Request, Response
 
 from gateway import errors
 from gateway.accounts import get_account
 from gateway.catalog import ModelInfo
+from gateway.edge import request_id, stream_response
 from gateway.limits import usage_body
 from gateway.pipeline import Pipeline, Ticket, asgi_content
 from gateway.proxy import (
     StreamState,
     Upstream,
+    content_type,
     passthrough,
     read_body,
     response_headers,
@@ -27,7 +29,6 @@ from gateway.proxy import (
 from gateway.sse import usage_from_message
 
 JSON = b"application/json"
-SSE = b"text/event-stream"
 
 
 def json_response(
@@ -74,8 +75,8 @@ class AnthropicRoutes:
         payload = p.parse(body)
         model, max_tokens = p.check_messages(payload)
         ticket = await p.admit(
-            route="messages", authed=authed, ip_tag=ip_tag, model=model,
-            payload=payload, body=body, max_tokens=max_tokens,
+            request_id=request_id(request), route="messages", authed=authed, ip_tag=ip_tag,
+            model=model, payload=payload, body=body, max_tokens=max_tokens,
         )  # fmt: skip
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
         resp = await p.send(
@@ -91,8 +92,7 @@ class AnthropicRoutes:
         usage = usage_from_message(data)[0] if resp.status == 200 else {}
         self.p.finish(ticket, usage, resp.status, "ok" if resp.status == 200 else "upstream_error")
         # Upstream error bodies go back unmodified: clients match on their wording.
-        ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
-        return Response(resp.status, response_headers(resp), Content(ctype, data))
+        return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
 
     def _stream(self, ticket: Ticket, request: Request, resp: Any) -> Response:
         state = StreamState()
@@ -114,7 +114,7 @@ class AnthropicRoutes:
                     ticket, state, scanner.billed_usage(), scanner.error is not None
                 )
 
-        return Response(200, response_headers(resp), StreamedContent(SSE, provider))
+        return stream_response(response_headers(resp), provider, content_type(resp))
 
     async def count_tokens(self, request: Request) -> Response:
         p = self.p
@@ -125,17 +125,16 @@ class AnthropicRoutes:
         if not isinstance(model_id, str) or not model_id:
             raise errors.InvalidRequest("model: field required", param="model")
         p.model_info(model_id)
-        await p.check_only(authed, ip_tag)
+        await p.check_only(authed, ip_tag, request_id(request))
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
         path = path_with_query("/v1/messages/count_tokens", request)
-        resp = await self.upstream.post(path, body, headers)
+        resp = await self.upstream.post(path, body, headers, stream=False)
         data = await read_body(resp)
-        ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
-        return Response(resp.status, response_headers(resp), Content(ctype, data))
+        return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
 
     async def list_models(self, request: Request) -> Response:
         authed, ip_tag = await self.p.authenticate(request)
-        await self.p.check_only(authed, ip_tag)
+        await self.p.check_only(authed, ip_tag, request_id(request))
         models = self.p.catalog.models
         ids = [m.id for m in models]
         after, before = request.query.get("after_id"), request.query.get("before_id")
@@ -163,12 +162,12 @@ class AnthropicRoutes:
 
     async def get_model(self, request: Request, model_id: str) -> Response:
         authed, ip_tag = await self.p.authenticate(request)
-        await self.p.check_only(authed, ip_tag)
+        await self.p.check_only(authed, ip_tag, request_id(request))
         return json_response(200, model_object(self.p.model_info(model_id)))
 
     async def usage(self, request: Request) -> Response:
         authed, ip_tag = await self.p.authenticate(request)
-        await self.p.check_only(authed, ip_tag)
+        await self.p.check_only(authed, ip_tag, request_id(request))
         view = await self.p.limiter.usage(authed.account_id)
         account = await get_account(self.valkey, authed.account_id)
         body = usage_body(view, account.get("plan"), int(account.get("period_end_ms") or 0) or None)

@@ -20,6 +20,7 @@ _STATUS: tuple[tuple[type[errors.AntexError], int], ...] = (
     (errors.PermissionDenied, 403),
     (errors.NotFound, 404),
     (errors.RateLimited, 429),
+    (errors.UpstreamTimedOut, 504),
     (errors.UpstreamFailed, 502),
     (errors.ServiceUnavailable, 503),
 )
@@ -40,8 +41,6 @@ _OPENAI_CODE = {
 
 
 def status_of(err: errors.AntexError) -> int:
-    if isinstance(err, errors.UpstreamFailed) and err.timeout:
-        return 504
     for cls, status in _STATUS:
         if isinstance(err, cls):
             return status
@@ -94,5 +93,9 @@ def sse_error_event(err: errors.AntexError) -> bytes:
 
 
 def upstream_lost_event(timeout: bool) -> bytes:
-    message = "Upstream stopped sending data" if timeout else "Upstream connection lost"
-    return sse_error_event(errors.UpstreamFailed(message, timeout=timeout))
+    err = (
+        errors.UpstreamTimedOut("Upstream stopped sending data")
+        if timeout
+        else errors.UpstreamFailed("Upstream connection lost")
+    )
+    return sse_error_event(err)

@@ -124,7 +124,7 @@ def test_body_over_2mb_is_refused_by_length_and_while_chunked(
 
 
 def test_request_validation_errors(stack: Stack, customer: Customer) -> None:
-    assert error_of(post(stack, customer.key, {**BODY, "max_tokens": 64_001})) == (
+    assert error_of(post(stack, customer.key, {**BODY, "max_tokens": 128_001})) == (
         400, "max_tokens_too_large",
     )  # fmt: skip
     assert error_of(post(stack, customer.key, b"{not json")) == (400, "invalid_request_error")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,9 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from gateway.catalog import load_catalog
+from gateway.simulator import _pause
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 100,
@@ -75,6 +80,11 @@ def _start(*extra: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def sim() -> Iterator[str]:
     yield from _start()
+
+
+@pytest.fixture(scope="module")
+def burst_sim() -> Iterator[str]:
+    yield from _start("--burst")
 
 
 @pytest.fixture(scope="module")
@@ -467,3 +477,223 @@ def test_require_key_rejects_requests_without_it(keyed_sim: str) -> None:
         assert ok.status_code == 200 and bare.status_code == 401
         assert bare.json()["error"]["type"] == "authentication_error"
         assert raw.get("/_sim/stats").status_code == 200  # the control endpoints stay open
+
+
+# --- pacing, seen over a raw socket: each server write is one HTTP/1.1 chunk ---------------
+
+def _raw_chunks(base: str, body: dict[str, Any], **headers: str
+                ) -> tuple[float, bytes, list[tuple[float, bytes]]]:
+    """POST `body` over a plain socket; returns (send time, response head, [(arrival, chunk)])
+    with one entry per chunk of the chunked body, i.e. per write the server made."""
+    port = int(base.rsplit(":", 1)[1])
+    raw = orjson.dumps(body)
+    lines = ["POST /v1/messages HTTP/1.1", "host: sim", "content-type: application/json",
+             "connection: close", f"content-length: {len(raw)}",
+             *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items())]
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sent = time.monotonic()
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + raw)
+        buf, chunks, head = b"", [], b""
+        while True:
+            data = sock.recv(65536)
+            now = time.monotonic()
+            buf += data
+            if not head and b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+            while head and b"\r\n" in buf:
+                size_line, rest = buf.split(b"\r\n", 1)
+                size = int(size_line, 16)
+                if len(rest) < size + 2:
+                    break
+                if size:
+                    chunks.append((now, rest[:size]))
+                buf = rest[size + 2:]
+            if not data:
+                return sent, head, chunks
+
+
+def test_every_event_is_its_own_write_after_the_ttft_and_the_delays(sim: str) -> None:
+    ttft, delay = 0.15, 0.04
+    sent, head, chunks = _raw_chunks(sim, {**BODY, "stream": True}, x_sim_chunks="3",
+                                     x_sim_ttft_ms="150", x_sim_event_delay_ms="40")
+    assert b"transfer-encoding: chunked" in head.lower()
+    frames = [chunk for _, chunk in chunks]
+    assert all(f.count(b"\n\n") == 1 and f.startswith(b"event: ") for f in frames)
+    names = [name for name, _ in _events(b"".join(frames))]
+    assert names == (["message_start", "content_block_start", "ping"]
+                     + ["content_block_delta"] * 3
+                     + ["content_block_stop", "message_delta", "message_stop"])
+    # The server cannot send event k before ttft + k delays: a lower bound that load on the
+    # machine can only push later, never earlier.
+    for k, (arrived, _) in enumerate(chunks):
+        assert arrived - sent >= ttft + k * delay
+
+
+def test_chunk_delay_header_is_an_alias_of_the_event_delay(sim: str) -> None:
+    sent, _, chunks = _raw_chunks(sim, {**BODY, "stream": True}, x_sim_chunks="2",
+                                  x_sim_ttft_ms="0", x_sim_chunk_delay_ms="30")
+    assert len(chunks) == 8
+    assert chunks[-1][0] - sent >= 7 * 0.030
+
+
+def test_burst_mode_writes_the_whole_answer_at_once(sim: str) -> None:
+    _, _, chunks = _raw_chunks(sim, {**BODY, "stream": True}, x_sim_chunks="5",
+                               x_sim_burst="1", x_sim_event_delay_ms="500")
+    assert len(chunks) == 1
+    names = [name for name, _ in _events(chunks[0][1])]
+    assert names[0] == "message_start" and names[-1] == "message_stop" and len(names) == 11
+
+
+def test_burst_process_default_and_per_request_pacing(burst_sim: str) -> None:
+    _, _, burst = _raw_chunks(burst_sim, {**BODY, "stream": True})
+    assert len(burst) == 1
+    _, _, paced = _raw_chunks(burst_sim, {**BODY, "stream": True}, x_sim_burst="0",
+                              x_sim_chunks="2")
+    assert len(paced) == 8
+
+
+def test_non_stream_answer_waits_ttft_plus_the_generation_time(http: httpx.Client) -> None:
+    started = time.monotonic()
+    resp = _post(http, BODY, x_sim_chunks="4", x_sim_ttft_ms="100", x_sim_event_delay_ms="20")
+    assert resp.status_code == 200
+    # 10 events: message_start, block start, ping, 4 deltas, block stop, delta, stop.
+    assert time.monotonic() - started >= 0.100 + 10 * 0.020
+
+
+def test_long_pauses_carry_pings() -> None:
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    asyncio.run(_pause(send, 0.25, ping_every=0.1))
+    assert sent == [b'event: ping\ndata: {"type":"ping"}\n\n'] * 2
+
+
+def test_disconnect_during_the_ttft_is_counted_promptly(sim: str, http: httpx.Client) -> None:
+    before = _stats(http)
+    port = int(sim.rsplit(":", 1)[1])
+    raw = orjson.dumps({**BODY, "stream": True})
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: sim\r\nx-sim-ttft-ms: 60000\r\n"
+                     b"content-length: %d\r\n\r\n" % len(raw) + raw)
+        _wait_until(lambda: _stats(http)["in_flight"] == 1)
+    _wait_until(lambda: _stats(http)["disconnected"] == before["disconnected"] + 1)
+    assert _stats(http)["in_flight"] == 0
+
+
+# --- response headers and rate limits ---------------------------------------------------------
+
+RATE_NAMES = ("requests", "input-tokens", "output-tokens", "tokens")
+
+
+def _rate(resp: httpx.Response, name: str) -> tuple[int, int, datetime]:
+    h = resp.headers
+    prefix = f"anthropic-ratelimit-{name}-"
+    return (int(h[prefix + "limit"]), int(h[prefix + "remaining"]),
+            datetime.fromisoformat(h[prefix + "reset"]))
+
+
+def test_every_response_carries_request_id_and_rate_limit_headers(http: httpx.Client) -> None:
+    responses = [
+        _post(http, BODY), _post(http, {**BODY, "stream": True}),
+        _post(http, {**BODY, "max_tokens": 0}), http.get("/v1/models"),
+        http.get("/v1/nothing"), _post(http, BODY, x_sim_fault="529"),
+        http.post("/v1/messages/count_tokens", content=orjson.dumps(
+            {"model": "claude-sonnet-4-6", "messages": BODY["messages"]})),
+    ]
+    for resp in responses:
+        assert resp.headers["request-id"].startswith("req_sim_")
+        for name in RATE_NAMES:
+            limit, remaining, reset = _rate(resp, name)
+            assert 0 <= remaining <= limit
+            assert reset.tzinfo is not None
+            assert 0 <= (reset - datetime.now(UTC)).total_seconds() <= 61
+
+
+def test_rate_limit_remaining_counts_down_per_key(sim: str) -> None:
+    def post(key: str) -> httpx.Response:
+        return httpx.post(f"{sim}/v1/messages", content=orjson.dumps(BODY),
+                          headers={"x-api-key": key, "x-sim-ttft-ms": "0"})
+    key = f"key-{time.monotonic_ns()}"
+    first, second = post(key), post(key)
+    if first.headers["anthropic-ratelimit-requests-reset"] != \
+            second.headers["anthropic-ratelimit-requests-reset"]:
+        first, second = post(key), post(key)  # the minute turned between the two
+    assert _rate(second, "requests")[1] == _rate(first, "requests")[1] - 1
+    spent_in = max(1, len(orjson.dumps(BODY)) // 4)
+    assert _rate(second, "input-tokens")[1] == _rate(first, "input-tokens")[1] - spent_in
+    assert _rate(second, "output-tokens")[1] == _rate(first, "output-tokens")[1] - 32
+    assert _rate(second, "tokens")[1] == _rate(first, "tokens")[1] - spent_in - 32
+    other = post(f"other-{key}")
+    assert _rate(other, "requests")[1] == _rate(other, "requests")[0] - 1
+
+
+@pytest.fixture(scope="module")
+def limited_sim() -> Iterator[str]:
+    yield from _start("--rpm", "3", "--otpm", "5000")
+
+
+def test_past_the_limit_the_real_429_with_retry_after(limited_sim: str) -> None:
+    with anthropic.Anthropic(base_url=limited_sim, api_key="k1", max_retries=0) as client:
+        for _ in range(3):
+            client.messages.create(**BODY)
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(**BODY)
+    resp = caught.value.response
+    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "3 requests per minute" in caught.value.message
+    assert 1 <= int(resp.headers["retry-after"]) <= 60
+    assert resp.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    # Output tokens are checked against max_tokens up front, as the real API estimates them.
+    with anthropic.Anthropic(base_url=limited_sim, api_key="k2", max_retries=0) as client:
+        with pytest.raises(anthropic.RateLimitError, match="5,000 output tokens per minute"):
+            client.messages.create(**{**BODY, "max_tokens": 5001})
+
+
+# --- models from the catalog, and the strict rules end to end -------------------------------
+
+def test_models_are_the_catalogs_newest_first(sdk: anthropic.Anthropic) -> None:
+    catalog = load_catalog()
+    assert [m.id for m in sdk.models.list(limit=3)] == [m.id for m in catalog.models]
+    alias = next(a for m in catalog.models for a in m.aliases)
+    assert sdk.models.retrieve(alias).id == catalog.by_id[alias].id
+
+
+def test_claude_codes_default_model_and_max_tokens_are_served(sdk: anthropic.Anthropic) -> None:
+    with sdk.messages.stream(**{**BODY, "model": "claude-opus-5-5",
+                                "max_tokens": 128000}) as stream:
+        assert stream.get_final_message().stop_reason == "end_turn"
+
+
+def test_max_tokens_above_the_models_limit_names_both_numbers(sdk: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.messages.create(**{**BODY, "model": "claude-haiku-4-5", "max_tokens": 64001},
+                            timeout=30)
+    assert "64001 > 64000" in caught.value.message
+    with pytest.raises(anthropic.NotFoundError, match="model: claude-3-opus"):
+        sdk.messages.create(**{**BODY, "model": "claude-3-opus"})
+
+
+def test_strict_rules_answer_on_the_wire(http: httpx.Client) -> None:
+    blank = {**BODY, "messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]}
+    resp = _post(http, blank)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "messages: text content blocks must contain non-whitespace text"}
+    assert _stats(http)["in_flight"] == 0
+
+
+def test_sim_tool_header_picks_the_offered_tool(sdk: anthropic.Anthropic) -> None:
+    second = {"name": "read_file", "input_schema": {
+        "type": "object", "properties": {"path": {"type": "string"}}}}
+    body = {**BODY, "tools": [WEATHER_TOOL, second]}
+    assert sdk.messages.create(**body).content[-1].name == "get_weather"  # type: ignore[union-attr]
+    picked = sdk.messages.create(**body, extra_headers={"x-sim-tool": "read_file"})
+    assert picked.content[-1].name == "read_file"  # type: ignore[union-attr]
+    assert picked.content[-1].input == {"path": "sim"}  # type: ignore[union-attr]
+    with pytest.raises(anthropic.BadRequestError, match="x-sim-tool"):
+        sdk.messages.create(**body, extra_headers={"x-sim-tool": "nope"})
+    plain = sdk.messages.create(**BODY, extra_headers={"x-sim-tool": "read_file"})
+    assert [b.type for b in plain.content] == ["text"]  # nothing offered: a plain answer

@@ -1,0 +1,164 @@
+"""The edge every request passes first: its request id, CORS on the public API, and the
+last-resort answer for a fault nothing else mapped.
+
+One middleware does all three so a request pays for one extra await, not three.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+from blacksheep import Application, Content, Request, Response, StreamedContent
+
+from gateway import errors, wire
+
+log = logging.getLogger("antex.edge")
+
+_SCOPE_KEY = "antex.request_id"
+# Routes that speak OpenAI's wire format; everything else under /v1 speaks Anthropic's.
+OPENAI_PATHS = ("/v1/chat/", "/v1/responses")
+_PUBLIC = "/v1/"
+# Headers a browser script may read from an answer (retry hints and the id to quote).
+_EXPOSED = (
+    b"request-id, x-request-id, retry-after, retry-after-ms, x-should-retry, "
+    b"anthropic-ratelimit-requests-remaining, anthropic-ratelimit-requests-reset"
+)
+_METHODS = b"GET, POST, OPTIONS"
+_PREFLIGHT_MAX_AGE = b"600"
+
+Handler = Callable[[Request], Awaitable[Response]]
+Middleware = Callable[[Request, Handler], Awaitable[Response]]
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def request_id(request: Request) -> str:
+    """The request's one id: made on first use (the edge middleware), the same thereafter.
+
+    It answers in the ``request-id`` header, names the access-log line and the usage record,
+    and is what a customer quotes to support.
+    """
+    scope = cast(dict[str, Any], request.scope)  # ASGI scopes carry extension keys
+    rid = scope.get(_SCOPE_KEY)
+    if rid is None:
+        rid = scope[_SCOPE_KEY] = new_request_id()
+    return str(rid)
+
+
+def is_openai(request: Request) -> bool:
+    return request.path.startswith(OPENAI_PATHS)
+
+
+def error_response(request: Request, exc: errors.AntexError) -> Response:
+    """The single mapping from a domain error to the route's wire shape."""
+    rid = request_id(request)
+    body = wire.openai_body(exc) if is_openai(request) else wire.anthropic_body(exc, rid)
+    return Response(
+        wire.status_of(exc), wire.headers_of(exc, rid), Content(b"application/json", body)
+    )
+
+
+def _where(exc: BaseException) -> str:
+    """File and line of the innermost frame: enough to find the fault, no request values
+    (an exception's message and a frame's locals can quote the client's input)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{os.path.basename(last.filename)}:{last.lineno} in {last.name}"
+
+
+def _allowed_origin(origin: bytes, allowed: frozenset[bytes] | None) -> bytes | None:
+    if allowed is None:
+        return b"*"
+    return origin if origin in allowed else None
+
+
+def edge_middleware(app: Application, cors_origins: frozenset[bytes] | None) -> Middleware:
+    """Builds the middleware. ``cors_origins`` None allows any origin: keys, not cookies,
+    authenticate the public API, so a page on another origin gains nothing a script could
+    not already do with the key. The cookie-based dashboard and the admin API never answer
+    cross-origin requests.
+
+    blacksheep's own CORS strategy applies one default policy to every route and answers a
+    disallowed origin with 400, which would break the dashboard's same-origin form posts
+    (browsers send ``Origin`` on them); so the public routes are handled here instead.
+    """
+
+    async def edge(request: Request, handler: Handler) -> Response:
+        rid = request_id(request)
+        public = request.path.startswith(_PUBLIC)
+        origin = request.get_first_header(b"origin") if public else None
+        allow = _allowed_origin(origin, cors_origins) if origin else None
+        if (
+            origin is not None
+            and request.method == "OPTIONS"
+            and request.get_first_header(b"access-control-request-method")
+        ):
+            return _preflight(request, allow)
+        try:
+            response = await handler(request)
+        except errors.AntexError as exc:
+            response = await app.handle_request_handler_exception(request, exc)
+        except Exception as exc:
+            if not public:
+                # The dashboard and admin API keep blacksheep's own mapping (HTTP errors,
+                # redirects raised as exceptions).
+                response = await app.handle_request_handler_exception(request, exc)
+            else:
+                log.error("unexpected %s at %s", type(exc).__name__, _where(exc))
+                response = error_response(request, errors.InternalError("Internal error."))
+        response.set_header(b"request-id", rid.encode())
+        if public and is_openai(request):
+            response.set_header(b"x-request-id", rid.encode())
+        if allow is not None:
+            response.set_header(b"access-control-allow-origin", allow)
+            response.set_header(b"access-control-expose-headers", _EXPOSED)
+            if allow != b"*":
+                response.add_header(b"vary", b"Origin")
+        return response
+
+    return edge
+
+
+def _preflight(request: Request, allow: bytes | None) -> Response:
+    """A credential-less preflight: 204 naming what the real request may carry."""
+    if allow is None:
+        return Response(403, [], Content(b"text/plain", b"origin not allowed\n"))
+    asked = request.get_first_header(b"access-control-request-headers")
+    headers = [
+        (b"access-control-allow-origin", allow),
+        (b"access-control-allow-methods", _METHODS),
+        (b"access-control-allow-headers", asked or b"*"),
+        (b"access-control-max-age", _PREFLIGHT_MAX_AGE),
+        (b"request-id", request_id(request).encode()),
+    ]
+    if allow != b"*":
+        headers.append((b"vary", b"Origin"))
+    return Response(204, headers, None)
+
+
+def stream_response(
+    headers: list[tuple[bytes, bytes]],
+    chunks: Callable[[], AsyncIterator[bytes]],
+    content_type: bytes = b"text/event-stream",
+) -> Response:
+    """A 200 whose body is written as ``chunks`` yields it, for every streamed answer.
+
+    An empty write is the chunked-encoding terminator (blacksheep ends the body on an empty
+    part), so an upstream event that translates to nothing would end the client's stream
+    after it: empty chunks are dropped here, where the bytes meet the server.
+    """
+
+    async def nonempty() -> AsyncIterator[bytes]:
+        async for chunk in chunks():
+            if chunk:
+                yield chunk
+
+    return Response(200, headers, StreamedContent(content_type, nonempty))
