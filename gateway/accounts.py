@@ -16,16 +16,18 @@ import valkey.asyncio as avalkey
 
 from gateway import keys, keyspace, netaddr
 from gateway.clock import system_clock
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, KeyLimitReached, NotFound
 from gateway.limits import CreditLimiter, rfc3339, usage_body
-from gateway.plans import account_plan_fields, get_plan
+from gateway.plans import DEFAULT_MAX_KEYS, account_plan_fields, get_plan
 from gateway.scripts import Scripts
 
 DAY_MS = 86_400_000
 EVENTS_MAXLEN = 100
+# Concurrent creations on one account re-read its key set at most this often.
+_CREATE_ATTEMPTS = 20
 
-# Operator-only transitions; loaded lazily by EVALSHA's NOSCRIPT fallback, never on a hot path.
-_SCRIPTS = Scripts(("release_key",))
+# Cold-path transitions; loaded lazily by EVALSHA's NOSCRIPT fallback, never on a hot path.
+_SCRIPTS = Scripts(("release_key", "create_key"))
 
 
 def _s(value: Any) -> str:
@@ -138,6 +140,9 @@ def account_view(account: Mapping[str, str], now_ms: int) -> dict[str, Any]:
         "ip_slots": _int(account.get("ip_slots")),
         "extra_ip_slots": _int(account.get("extra_ip_slots")),
         "concurrency": _int(account.get("concurrency")),
+        "max_keys": _int(account.get("max_keys"), DEFAULT_MAX_KEYS),
+        "shared_flag_ms": _int(account.get("shared_flag_ms")) or None,
+        "shared_flag_reason": account.get("shared_flag_reason") or None,
         "created_ms": _int(account.get("created_ms")),
         "created_at": _at(_int(account.get("created_ms"))),
     }
@@ -226,9 +231,20 @@ async def _add_slots(client: avalkey.Valkey, hash_key: str, n: int) -> int:
 
 
 async def add_account_ip_slots(client: avalkey.Valkey, account_id: str, n: int) -> int:
-    """Extra IP slots for every key of the account (negative ``n`` removes); the new total."""
+    """Extra IP slots for every key of the account (negative ``n`` removes); the new total.
+    The addresses refused so far stop counting as leak evidence: the operator settled them."""
     await get_account(client, account_id)
-    return await _add_slots(client, keyspace.AccountKeys(account_id).account, n)
+    total = await _add_slots(client, keyspace.AccountKeys(account_id).account, n)
+    await _forget_refused(client, account_id, None)
+    return total
+
+
+async def _forget_refused(client: avalkey.Valkey, account_id: str, key_id: str | None) -> None:
+    """Clears the unbound addresses refused for one key (or every key of the account)."""
+    ak = keyspace.AccountKeys(account_id)
+    ids = [key_id] if key_id is not None else [_s(k) for k in await client.smembers(ak.keys)]
+    if ids:
+        await client.delete(*(ak.key_denied(k) for k in ids))
 
 
 # ---------------------------------------------------------------- keys
@@ -262,26 +278,45 @@ async def create_key(
     rounds: int,
     now_ms: int | None = None,
 ) -> CreatedKey:
+    """A new active key; raises ``KeyLimitReached`` when the account already holds as many
+    active keys as its plan allows (revoked keys do not count), ``NotFound`` without an
+    account. Two creations racing for the last place: exactly one succeeds."""
     await get_account(client, account_id)
     key_id, secret, full = keys.new_key()
     hashed = await asyncio.to_thread(keys.hash_secret, secret, rounds)
     now = system_clock() if now_ms is None else now_ms
     ak = keyspace.AccountKeys(account_id)
-    await client.hset(
-        ak.key(key_id),
-        mapping={
-            "hash": hashed,
-            "name": name or "default",
-            "prefix": keys.display_prefix(key_id),
-            "created_ms": str(now),
-            "last_used_ms": "0",
-            "status": "active",
-            "extra_ip_slots": "0",
-        },
-    )
-    await client.sadd(ak.keys, key_id)
-    await client.set(keyspace.key_index(key_id), account_id)
-    return CreatedKey(key_id, full)
+    fields = {
+        "hash": hashed,
+        "name": name or "default",
+        "prefix": keys.display_prefix(key_id),
+        "created_ms": str(now),
+        "last_used_ms": "0",
+        "status": "active",
+        "extra_ip_slots": "0",
+    }
+    pairs = [x for pair in fields.items() for x in pair]
+    args: list[str | int] = [key_id, DEFAULT_MAX_KEYS, *pairs]
+    for _ in range(_CREATE_ATTEMPTS):
+        existing = [ak.key(_s(k)) for k in await client.smembers(ak.keys)]
+        raw = await _SCRIPTS.call(
+            client, "create_key", [ak.account, ak.keys, ak.key(key_id), *existing], args
+        )
+        outcome = _s(raw[0])
+        if outcome == "stale":
+            continue
+        if outcome == "missing":
+            raise NotFound(f"no account {account_id!r}")
+        if outcome == "key_limit":
+            active, cap = int(raw[1]), int(raw[2])
+            raise KeyLimitReached(
+                f"The plan allows {cap} active API key{'s' if cap != 1 else ''} and the "
+                f"account has {active}; revoke a key you no longer use, or ask your operator "
+                "for a plan with more keys."
+            )
+        await client.set(keyspace.key_index(key_id), account_id)
+        return CreatedKey(key_id, full)
+    raise InvalidRequest("keys are being created on this account too fast; retry")
 
 
 def _key_view(
@@ -435,6 +470,8 @@ async def unbind_ips(
         if not await client.hdel(ips_key, tag):
             raise NotFound(f"{tag} is not bound to key {key_id}")
         removed = [tag]
+    # A freed slot settles the addresses refused for want of one.
+    await _forget_refused(client, account_id, key_id)
     if removed:
         now = system_clock() if now_ms is None else now_ms
         await _event(
@@ -444,9 +481,15 @@ async def unbind_ips(
 
 
 async def add_key_ip_slots(client: avalkey.Valkey, account_id: str, key_id: str, n: int) -> int:
-    """Extra IP slots for one key (negative ``n`` removes); the key's new extra total."""
+    """Extra IP slots for one key (negative ``n`` removes); the key's new extra total. The
+    addresses refused so far for it stop counting as leak evidence."""
     await get_key(client, account_id, key_id)
-    return await _add_slots(client, keyspace.AccountKeys(account_id).key(key_id), n)
+    ak = keyspace.AccountKeys(account_id)
+    total = await _add_slots(client, ak.key(key_id), n)
+    # The account's sum feeds the key-sharing allowance (admit.lua cannot sum the keys).
+    await client.hincrby(ak.account, "keys_extra_ip_slots", n)
+    await _forget_refused(client, account_id, key_id)
+    return total
 
 
 # ---------------------------------------------------------------- quarantine and events
@@ -504,6 +547,48 @@ async def list_quarantined(
         email = await client.hget(keyspace.AccountKeys(owner).account, "email")
         out.append({**key, "email": _s(email) if email is not None else None})
     return out
+
+
+async def list_flagged(client: avalkey.Valkey) -> list[dict[str, Any]]:
+    """Accounts flagged for key sharing (too many distinct networks within a day), newest
+    first. A flag never blocks anything: the operator decides. A scan of the account set:
+    an operator listing, not a request path."""
+    ids = sorted([_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=500)])
+    pipe = client.pipeline(transaction=False)
+    for account_id in ids:
+        fields = ("email", "shared_flag_ms", "shared_flag_reason")
+        pipe.hmget(keyspace.AccountKeys(account_id).account, *fields)
+    found = []
+    for account_id, (email, flag_ms, reason) in zip(ids, await pipe.execute(), strict=True):
+        if flag_ms is None:
+            continue
+        at = _int(_s(flag_ms))
+        found.append(
+            {
+                "account_id": account_id,
+                "email": _s(email) if email is not None else None,
+                "flagged_ms": at,
+                "flagged_at": _at(at),
+                "reason": _s(reason) if reason is not None else "",
+            }
+        )
+    return sorted(found, key=lambda f: -f["flagged_ms"])
+
+
+async def clear_flag(
+    client: avalkey.Valkey, account_id: str, *, now_ms: int | None = None
+) -> dict[str, Any]:
+    """The operator looked at a key-sharing flag: it goes, and so do the networks counted so
+    far, or the next new network would raise it again."""
+    account = await get_account(client, account_id)
+    if not account.get("shared_flag_ms"):
+        raise InvalidRequest("the account is not flagged")
+    ak = keyspace.AccountKeys(account_id)
+    await client.hdel(ak.account, "shared_flag_ms", "shared_flag_reason")
+    await client.delete(ak.networks)
+    now = system_clock() if now_ms is None else now_ms
+    await _event(client, account_id, "flag_cleared", at_ms=str(now))
+    return account_view(await get_account(client, account_id), now)
 
 
 # ---------------------------------------------------------------- usage

@@ -16,7 +16,7 @@ from blacksheep import Application, Content, Request, Response
 from gateway import accounts, admin_tokens, openapi
 from gateway.clock import make_clock
 from gateway.errors import AuthenticationFailed, ConfigError, InvalidRequest, PayloadTooLarge
-from gateway.plans import Plan, list_plans, set_plan
+from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans, set_plan
 from gateway.routes import json_response
 from gateway.scripts import fail_closed
 
@@ -251,8 +251,16 @@ class AdminApi:
     async def quarantine(self, request: Request) -> Response:
         account = request.query.get("account")
         account_id = await self.account_id(account[0]) if account else None
+        flagged = await accounts.list_flagged(self.valkey)
+        if account_id is not None:
+            flagged = [f for f in flagged if f["account_id"] == account_id]
+        found = await accounts.list_quarantined(self.valkey, account_id)
+        return json_response(200, {"data": found, "flagged": flagged})
+
+    async def clear_flag(self, request: Request, account: str) -> Response:
+        account_id = await self.account_id(account)
         return json_response(
-            200, {"data": await accounts.list_quarantined(self.valkey, account_id)}
+            200, await accounts.clear_flag(self.valkey, account_id, now_ms=self.now())
         )
 
     # -- plans
@@ -263,6 +271,10 @@ class AdminApi:
 
     async def put_plan(self, request: Request, name: str) -> Response:
         body = await json_body(request)
+        max_keys = field(body, "max_keys", int)
+        if max_keys is None:
+            current = next((p for p in await list_plans(self.valkey) if p.name == name), None)
+            max_keys = current.max_keys if current else DEFAULT_MAX_KEYS
         try:
             plan = Plan(
                 name=name,
@@ -272,6 +284,7 @@ class AdminApi:
                 concurrency=field(body, "concurrency", int, required=True),
                 period_days=field(body, "period_days", int) or 30,
                 description=field(body, "description", str) or "",
+                max_keys=max_keys,
             )
         except ConfigError as exc:
             raise InvalidRequest(exc.message) from None
@@ -293,6 +306,7 @@ def register(app: Application, res: Resources) -> None:
     r.add_post("/admin/accounts/:account/extend", op(api.extend))
     r.add_post("/admin/accounts/:account/cancel", op(api.cancel))
     r.add_post("/admin/accounts/:account/ip-slots", op(api.account_slots))
+    r.add_post("/admin/accounts/:account/clear-flag", op(api.clear_flag))
     r.add_get("/admin/accounts/:account/usage", op(api.usage))
     r.add_get("/admin/accounts/:account/events", op(api.events))
     r.add_get("/admin/accounts/:account/keys", op(api.list_keys))

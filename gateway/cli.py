@@ -24,7 +24,7 @@ from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey
 from gateway.errors import AntexError, InvalidRequest
 from gateway.limits import CreditLimiter, rfc3339
-from gateway.plans import Plan, get_plan, list_plans, set_plan
+from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans, set_plan
 from gateway.scripts import Scripts
 from gateway.valkey_client import open_client
 
@@ -98,7 +98,10 @@ def _account_text(a: dict[str, Any]) -> str:
         f"credits   5h {a['credits_5h'] or '-'} / 7d {a['credits_7d'] or '-'}, "
         f"concurrency {a['concurrency']}",
         f"IP slots  {a['ip_slots']} per key + {a['extra_ip_slots']} extra",
+        f"keys      at most {a['max_keys']} active",
     ]
+    if a.get("shared_flag_reason"):
+        lines.append(f"flagged   {_at(a['shared_flag_ms'])}: {a['shared_flag_reason']}")
     if "keys" in a:
         lines += ["", _keys_text(a["keys"])]
     return "\n".join(lines)
@@ -292,6 +295,9 @@ async def _ip_add_slots(client: avalkey.Valkey, args: argparse.Namespace, s: Set
 async def _quarantine_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id = await _account(client, args.account) if args.account else None
     found = await accounts.list_quarantined(client, account_id)
+    flagged = await accounts.list_flagged(client)
+    if account_id is not None:
+        flagged = [f for f in flagged if f["account_id"] == account_id]
     rows = [{**k, "since": _at(k["quarantined_ms"])} for k in found]
     text = table(
         rows,
@@ -303,7 +309,16 @@ async def _quarantine_list(client: avalkey.Valkey, args: argparse.Namespace, s: 
             ("quarantine_reason", "REASON"),
         ],
     )
-    value: dict[str, Any] = {"quarantined": found}
+    text += "\n\naccounts flagged for key sharing (not locked):\n" + table(
+        flagged,
+        [
+            ("account_id", "ACCOUNT"),
+            ("email", "EMAIL"),
+            ("flagged_at", "SINCE"),
+            ("reason", "REASON"),
+        ],
+    )
+    value: dict[str, Any] = {"quarantined": found, "flagged": flagged}
     if account_id is not None:
         events = await accounts.account_events(client, account_id, args.count)
         value["events"] = events
@@ -318,6 +333,12 @@ async def _quarantine_list(client: avalkey.Valkey, args: argparse.Namespace, s: 
             ],
         )
     emit(args, value, text)
+
+
+@command("quarantine", "clear-flag")
+async def _quarantine_clear(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    account = await accounts.clear_flag(client, await _account(client, args.email), now_ms=_now(s))
+    emit(args, account, f"{account['email']}: key-sharing flag cleared")
 
 
 @command("admin-token", "create")
@@ -361,6 +382,9 @@ async def _plan_set(client: avalkey.Valkey, args: argparse.Namespace, s: Setting
         description=args.description
         if args.description is not None
         else (current.description if current else ""),
+        max_keys=args.max_keys
+        if args.max_keys is not None
+        else (current.max_keys if current else DEFAULT_MAX_KEYS),
     )
     updated = await set_plan(client, plan)
     emit(
@@ -381,6 +405,7 @@ async def _plan_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settin
             ("credits_7d", "CREDITS 7D"),
             ("ip_slots", "IP SLOTS"),
             ("concurrency", "CONCURRENCY"),
+            ("max_keys", "KEYS"),
             ("period_days", "DAYS"),
             ("description", "DESCRIPTION"),
         ],
@@ -493,6 +518,7 @@ def _operator_parsers(sub: Any) -> None:
     qlist.add_argument("--account", help="account email or id")
     qlist.add_argument("--count", type=int, default=50, help="events to show")
     action(quarantine, "release", "release a key from quarantine", "key_id")
+    action(quarantine, "clear-flag", "clear an account's key-sharing flag", "email")
 
     tokens = group("admin-token", "operator tokens for the /admin API")
     tcreate = action(tokens, "create", "create a token; it is printed once")
@@ -505,6 +531,11 @@ def _operator_parsers(sub: Any) -> None:
     for flag in ("--credits-5h", "--credits-7d", "--ip-slots", "--concurrency"):
         pset.add_argument(flag, type=int, required=True)
     pset.add_argument("--period-days", type=int)
+    pset.add_argument(
+        "--max-keys",
+        type=int,
+        help=f"active keys per account (default: unchanged, new: {DEFAULT_MAX_KEYS})",
+    )
     pset.add_argument("--description")
     action(plans, "list", "list plans")
 

@@ -11,7 +11,8 @@
     ├── AuthenticationFailed      authentication_error    401
     ├── PermissionDenied          permission_error        403
     │   ├── IpLimitReached        ip_limit_reached        403
-    │   └── KeyQuarantined        key_quarantined         403
+    │   ├── KeyQuarantined        key_quarantined         403
+    │   └── KeyLimitReached       key_limit_reached       403 (creating a key beyond the plan's cap)
     ├── RateLimited               rate_limit_error        429 (+ retry-after)
     ├── UpstreamFailed            api_error               502 (connect/read failure)
     │   └── UpstreamTimedOut      timeout_error           504 (no byte within the timeout)
@@ -70,11 +71,18 @@ class KeyQuarantined(PermissionDenied):
     code = "key_quarantined"
 
 
+class KeyLimitReached(PermissionDenied):
+    """The account already holds as many active keys as its plan allows."""
+
+    code = "key_limit_reached"
+
+
 class RateLimited(AntexError):
     """A refusal by a credit window or the concurrency cap.
 
-    ``scope`` is ``"5h"``, ``"7d"``, ``"concurrency"`` or ``"reserved"`` (capacity held by
-    requests still in flight); ``retry_after_s`` is the true wait, rounded up.
+    ``scope`` is ``"5h"``, ``"7d"`` (the window is full), ``"concurrency"`` or
+    ``"in_flight"`` (what is left of a window is held by requests still in flight);
+    ``retry_after_s`` is the true wait, rounded up.
     """
 
     code = "rate_limit_error"

@@ -41,7 +41,8 @@ class AccountKeys:
     @property
     def account(self) -> str:
         """Hash: email, plan, limit_5h, limit_7d (milli-credits), ip_slots, concurrency,
-        period_end_ms, status, extra_ip_slots, created_ms."""
+        max_keys, period_end_ms, status, extra_ip_slots, keys_extra_ip_slots (sum of the
+        keys' own extra slots), shared_flag_ms, shared_flag_reason, created_ms."""
         return f"{self.tag}:acct"
 
     @property
@@ -65,6 +66,12 @@ class AccountKeys:
     def key_failures(self, key_id: str) -> str:
         """Zset: "<ip tag>#<attempt id>" -> ms of each failed secret (brute-force signal)."""
         return f"{self.tag}:fail:{key_id}"
+
+    @property
+    def networks(self) -> str:
+        """Zset: ip tag any key of the account was used from -> last seen ms, pruned to the
+        key-sharing period (the sharing signal)."""
+        return f"{self.tag}:nets"
 
     @property
     def window_5h_amounts(self) -> str:

@@ -3,10 +3,14 @@
 ``admit`` is the one Valkey round trip before an upstream call, ``settle`` the one after it;
 ``usage`` is the read-only view behind the dashboard and the subscription-usage endpoint.
 
-Overshoot: each admit keeps used + reserved + min(estimate, limit) <= limit, so a window can
-exceed its limit only by the overruns (cost - min(estimate, limit)) of the at most
-``concurrency`` requests in flight at the last admission, plus the whole cost of any stream
-that outlives ``reservation_ttl_ms``.
+A window refuses only when it is full (settled usage >= limit) or when the requests in flight
+hold all of the rest; a request whose estimate exceeds the rest is admitted reserving the
+rest. Overshoot: every admission keeps used + reserved <= limit, so a window can exceed its
+limit only by what the requests in flight at the last admission cost beyond their
+reservations: at most ``concurrency`` x the largest single request's cost, plus the whole
+cost of any stream that outlives ``reservation_ttl_ms``. While estimates cover real costs
+(max_tokens <= the reserve cap) only the one request that took the last of the window can
+run over, so the overshoot stays below one request's cost.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, NoReturn
 
 from gateway import errors, keyspace
 from gateway.keyspace import AccountKeys
+from gateway.plans import DEFAULT_MAX_KEYS
 from gateway.scripts import Client, Scripts, fail_closed
 
 log = logging.getLogger("antex.limits")
@@ -66,7 +71,10 @@ class LimiterSettings:
     aggregate_days: int = 7
     concurrency_retry_s: int = 1
     # In-flight streams usually settle within seconds; Claude Code retries ~10 times.
-    reserved_retry_s: int = 5
+    in_flight_retry_s: int = 5
+    # Distinct networks per account beyond max_keys x slots within this period flag it.
+    sharing_period_ms: int = DAY_MS
+    default_max_keys: int = DEFAULT_MAX_KEYS
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -81,7 +89,7 @@ class Admission:
 
     ip_newly_bound: bool
     check_only: bool
-    reserved_mc: int  # this request's reservation (0 when check_only)
+    reserved_mc: int  # its estimate, or the rest of the window when less (0 when check_only)
     used_5h_mc: int | None = None
     limit_5h_mc: int | None = None
     used_7d_mc: int | None = None
@@ -95,7 +103,8 @@ class WindowUsage:
     used_mc: int
     limit_mc: int
     reserved_mc: int  # the account's live reservations, held against every window
-    resets_at_ms: int | None  # when the oldest charge still counted leaves the window
+    # When the window frees capacity (window_frees.lua): a full window's 429 names the same.
+    resets_at_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,29 @@ def _duration(ms: int) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+@dataclass(frozen=True, slots=True)
+class Frees:
+    """When a window frees capacity, as every surface shows it: the 429 (message and
+    ``retry-after``), ``GET /v1/usage`` and the dashboard read these, never their own sums.
+    ``at_ms`` comes from window_frees.lua; bucket bounds are whole minutes, so the RFC 3339
+    second is exact."""
+
+    at_ms: int
+    now_ms: int
+
+    @property
+    def at(self) -> str:
+        return rfc3339(self.at_ms)
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil((self.at_ms - self.now_ms) / 1000))
+
+    @property
+    def wait_text(self) -> str:
+        return _duration(self.at_ms - self.now_ms)
 
 
 def _plural(n: int, word: str, suffix: str = "s") -> str:
@@ -171,12 +203,13 @@ class CreditLimiter:
             [
                 k.account, k.key(key_id), k.key_ips(key_id), k.key_denied(key_id),
                 k.window_5h_amounts, k.window_7d_amounts, k.inflight, k.reserved, k.events,
+                k.networks,
             ],
             [
                 now, request_id, estimate, ip_tag, int(check_only), key_id,
                 s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms,
                 s.reservation_ttl_ms, s.ip_quarantine_period_ms, s.ip_quarantine_count,
-                s.events_maxlen,
+                s.events_maxlen, s.default_max_keys, s.sharing_period_ms,
             ],
         )  # fmt: skip
         outcome = _str(raw[0])
@@ -185,8 +218,8 @@ class CreditLimiter:
         bound = bool(int(raw[1]))
         if check_only:
             return Admission(ip_newly_bound=bound, check_only=True, reserved_mc=0)
-        used5, limit5, used7, limit7, reserved, in_flight = (int(v) for v in raw[2:8])
-        return Admission(bound, False, estimate, used5, limit5, used7, limit7, reserved, in_flight)
+        used5, limit5, used7, limit7, reserved, in_flight, mine = (int(v) for v in raw[2:9])
+        return Admission(bound, False, mine, used5, limit5, used7, limit7, reserved, in_flight)
 
     async def _refuse(
         self, outcome: str, raw: list[Any], now: int, account_id: str, key_id: str
@@ -225,24 +258,24 @@ class CreditLimiter:
                 retry_after_s=wait,
                 resets_at_ms=now + wait * SECOND_MS,
             )
-        if outcome == "reserved":
+        if outcome == "in_flight":
             window = _str(raw[1])
-            wait = self.settings.reserved_retry_s
+            wait = self.settings.in_flight_retry_s
             raise errors.RateLimited(
                 f"{_WINDOW_WORDS[window]} usage limit nearly reached: requests still in flight "
                 f"hold the remaining capacity; retry in {wait} s.",
-                scope="reserved",
+                scope="in_flight",
                 retry_after_s=wait,
                 resets_at_ms=now + wait * SECOND_MS,
             )
         if outcome in _WINDOW_WORDS:
-            frees_at = int(raw[1])
+            frees = Frees(int(raw[1]), now)
             raise errors.RateLimited(
                 f"{_WINDOW_WORDS[outcome]} usage limit reached; capacity frees at "
-                f"{rfc3339(frees_at)} (in {_duration(frees_at - now)}).",
+                f"{frees.at} (in {frees.wait_text}).",
                 scope=outcome,
-                retry_after_s=math.ceil((frees_at - now) / 1000),
-                resets_at_ms=frees_at,
+                retry_after_s=frees.retry_after_s,
+                resets_at_ms=frees.at_ms,
             )
         raise RuntimeError(f"admit.lua returned an unknown outcome {outcome!r}")
 
@@ -352,10 +385,8 @@ def usage_body(view: UsageView, plan_name: str | None, period_end_ms: int | None
     """Anthropic's subscription-usage shape: percentages and reset times, never credits."""
 
     def window(w: WindowUsage) -> dict[str, Any]:
-        return {
-            "utilization": _utilization(w.used_mc, w.limit_mc),
-            "resets_at": None if w.resets_at_ms is None else rfc3339(w.resets_at_ms),
-        }
+        resets = None if w.resets_at_ms is None else Frees(w.resets_at_ms, view.now_ms).at
+        return {"utilization": _utilization(w.used_mc, w.limit_mc), "resets_at": resets}
 
     return {
         "five_hour": window(view.five_hour),

@@ -36,7 +36,7 @@ TOKEN_ENV = "ANTEX_METRICS_TOKEN"
 # The classic text format: every Prometheus version parses it.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-WINDOWS = ("5h", "7d", "concurrency", "reserved")
+WINDOWS = ("5h", "7d", "concurrency", "in_flight")
 UPSTREAM_KINDS = ("connect", "read", "stream", "event")
 # Whole requests include minutes-long streams; TTFB is where the gateway's overhead shows.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -177,7 +177,8 @@ class Metrics:
         )
         self._refusals = Counter(
             "antex_window_refusals",
-            "429s from the admit script, by window: 5h, 7d, concurrency, reserved.",
+            "429s from the admit script, by window: 5h, 7d (full), concurrency, in_flight (the "
+            "rest of a window held by requests in flight).",
             ("window",),
             registry=own,
         )

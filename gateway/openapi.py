@@ -69,6 +69,9 @@ _ACCOUNT_FIELDS: dict[str, Schema] = {
     "ip_slots": {**INT, "description": "IP slots per key from the plan"},
     "extra_ip_slots": {**INT, "description": "bought slots, added to every key"},
     "concurrency": INT,
+    "max_keys": {**INT, "description": "active (not revoked) keys the plan allows"},
+    "shared_flag_ms": {**nullable("integer"), "description": "flagged for key sharing at"},
+    "shared_flag_reason": nullable("string"),
     "created_ms": MS,
     "created_at": {**nullable("string"), "format": "date-time"},
 }
@@ -83,8 +86,8 @@ SCHEMAS: dict[str, Schema] = {
             type={
                 **STR,
                 "description": "authentication_error, permission_error, ip_limit_reached, "
-                "key_quarantined, rate_limit_error, invalid_request_error, payload_too_large, "
-                "max_tokens_too_large, not_found_error, api_error",
+                "key_quarantined, key_limit_reached, rate_limit_error, invalid_request_error, "
+                "payload_too_large, max_tokens_too_large, not_found_error, api_error",
             },
             message=STR,
         ),
@@ -230,7 +233,17 @@ SCHEMAS: dict[str, Schema] = {
         ("id", "type"),
         open_=True,
         id={**STR, "description": "stream entry id"},
-        type={"enum": ["key_quarantined", "key_released", "key_revoked", "ip_unbound"]},
+        type={
+            "enum": [
+                "key_quarantined",
+                "key_released",
+                "key_revoked",
+                "ip_unbound",
+                "account_flagged",
+                "flag_cleared",
+                "deletion_requested",
+            ]
+        },
         key_id=STR,
         at_ms=MS,
         at=TIME,
@@ -258,7 +271,7 @@ SCHEMAS: dict[str, Schema] = {
         },
     ),
     "Plan": obj(
-        ("name", "credits_5h", "credits_7d", "ip_slots", "concurrency", "period_days"),
+        ("name", "credits_5h", "credits_7d", "ip_slots", "concurrency", "period_days", "max_keys"),
         name=STR,
         credits_5h=INT,
         credits_7d=INT,
@@ -266,6 +279,7 @@ SCHEMAS: dict[str, Schema] = {
         concurrency=INT,
         period_days=INT,
         description=STR,
+        max_keys={**INT, "description": "active (not revoked) keys per account"},
     ),
     "PlanInput": obj(
         ("credits_5h", "credits_7d", "ip_slots", "concurrency"),
@@ -275,11 +289,32 @@ SCHEMAS: dict[str, Schema] = {
         concurrency={**INT, "minimum": 1},
         period_days={**INT, "minimum": 1, "default": 30},
         description=STR,
+        max_keys={
+            **INT,
+            "minimum": 1,
+            "description": "active keys per account; default: unchanged, 5 for a new plan",
+        },
     ),
     "PlanSaved": obj(("plan", "accounts_updated"), plan=ref("Plan"), accounts_updated=INT),
     "AccountList": list_of("Account"),
     "KeyList": list_of("Key"),
-    "QuarantineList": list_of("QuarantinedKey"),
+    "FlaggedAccount": obj(
+        ("account_id", "email", "flagged_ms", "reason"),
+        account_id=STR,
+        email=nullable("string"),
+        flagged_ms=MS,
+        flagged_at={**nullable("string"), "format": "date-time"},
+        reason=STR,
+    ),
+    "QuarantineList": obj(
+        ("data", "flagged"),
+        data={"type": "array", "items": ref("QuarantinedKey")},
+        flagged={
+            "type": "array",
+            "items": ref("FlaggedAccount"),
+            "description": "accounts flagged for key sharing: listed for review, not locked",
+        },
+    ),
     "EventList": list_of("Event"),
     "PlanList": list_of("Plan"),
 }
@@ -293,7 +328,12 @@ _RETRY = {"retry-after": {"schema": INT, "description": "seconds until capacity 
 _ERRORS: tuple[tuple[str, str, str], ...] = (
     ("BadRequest", "400", "invalid_request_error, payload_too_large or max_tokens_too_large"),
     ("Unauthorized", "401", "authentication_error: missing, invalid or revoked credentials"),
-    ("Forbidden", "403", "permission_error (no active plan), ip_limit_reached, key_quarantined"),
+    (
+        "Forbidden",
+        "403",
+        "permission_error (no active plan), ip_limit_reached, key_quarantined; on key creation "
+        "key_limit_reached (the account holds as many active keys as its plan allows)",
+    ),
     ("NotFound", "404", "not_found_error"),
     ("RateLimited", "429", "rate_limit_error: a credit window is full or too many in flight"),
     ("Upstream", "502", "api_error: the upstream could not be reached (504: it stopped answering)"),
@@ -583,8 +623,12 @@ def _admin_paths() -> dict[str, Schema]:
             ),
             "post": admin(
                 "adminCreateKey",
-                "Create a key; the full key is in this response only",
-                _ok(ref("CreatedKey"), "Created", "201"),
+                "Create a key (at most the plan's max_keys active); the full key is in this "
+                "response only",
+                {
+                    **_ok(ref("CreatedKey"), "Created", "201"),
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                },
                 body=obj(name=STR),
             ),
         },
@@ -623,10 +667,18 @@ def _admin_paths() -> dict[str, Schema]:
                 "adminKeySlots", "Extra IP slots for one key", _ok(ref("KeySlots")), body=add_slots
             ),
         },
+        "/admin/accounts/{account}/clear-flag": {
+            "parameters": account,
+            "post": admin(
+                "adminClearFlag",
+                "Clear the account's key-sharing flag and the networks counted so far",
+                _ok(ref("Account")),
+            ),
+        },
         "/admin/quarantine": {
             "get": admin(
                 "adminQuarantine",
-                "Keys in quarantine, newest first",
+                "Keys in quarantine, newest first, and accounts flagged for key sharing",
                 _ok(ref("QuarantineList")),
                 query=[query_param("account", "only this account (id or email)", STR)],
             )

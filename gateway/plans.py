@@ -22,6 +22,8 @@ from gateway.scripts import Client, fail_closed
 log = logging.getLogger("antex.plans")
 
 _BATCH = 500
+# Active keys per account for plans saved before the key cap existed.
+DEFAULT_MAX_KEYS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +35,15 @@ class Plan:
     concurrency: int
     period_days: int
     description: str = ""
+    # Active (not revoked) keys per account: IP slots are per key, so without a cap one key
+    # per machine would defeat them.
+    max_keys: int = DEFAULT_MAX_KEYS
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
             raise ConfigError(f"plan name {self.name!r} must be non-empty without spaces")
-        for field in ("credits_5h", "credits_7d", "ip_slots", "concurrency", "period_days"):
+        fields = ("credits_5h", "credits_7d", "ip_slots", "concurrency", "period_days", "max_keys")
+        for field in fields:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"plan {self.name}: {field} must be a positive integer")
@@ -59,12 +65,15 @@ class Plan:
 # allowance is ten full windows, so nobody can run flat out around the clock. The other plans
 # scale that: starter is a quarter of pro, max five times pro, team twenty times pro for a
 # small shared fleet. Concurrency allows parallel subagents; IP slots cover home, office and
-# a CI runner.
+# a CI runner; the key cap allows a key per machine (laptop, desktop, CI) without letting keys
+# multiply the slots.
+_STARTER = "Occasional use: about an hour of Sonnet per window."
+_TEAM = "A small team or CI fleet sharing one account."
 DEFAULT_PLANS: tuple[Plan, ...] = (
-    Plan("starter", 500, 5_000, 1, 4, 30, "Occasional use: about an hour of Sonnet per window."),
-    Plan("pro", 2_000, 20_000, 2, 8, 30, "One developer, daily Claude Code use."),
-    Plan("max", 10_000, 100_000, 3, 24, 30, "Heavy use, Opus and parallel agents."),
-    Plan("team", 40_000, 400_000, 10, 64, 30, "A small team or CI fleet sharing one account."),
+    Plan("starter", 500, 5_000, 1, 4, 30, _STARTER, max_keys=2),
+    Plan("pro", 2_000, 20_000, 2, 8, 30, "One developer, daily Claude Code use.", max_keys=3),
+    Plan("max", 10_000, 100_000, 3, 24, 30, "Heavy use, Opus and parallel agents.", max_keys=5),
+    Plan("team", 40_000, 400_000, 10, 64, 30, _TEAM, max_keys=20),
 )
 
 
@@ -80,6 +89,7 @@ def _limit_fields(plan: Plan) -> dict[str, str]:
         "limit_7d": str(plan.credits_7d * 1000),
         "ip_slots": str(plan.ip_slots),
         "concurrency": str(plan.concurrency),
+        "max_keys": str(plan.max_keys),
     }
 
 

@@ -59,8 +59,21 @@ class Script:
     sha: str
 
 
+_INCLUDE = "--#include "
+
+
+def _source(name: str) -> str:
+    return resources.files("ratelimit_lua").joinpath(f"{name}.lua").read_text("utf-8")
+
+
 def _read(name: str) -> Script:
-    source = resources.files("ratelimit_lua").joinpath(f"{name}.lua").read_text("utf-8")
+    # A line "--#include other" pastes other.lua in its place: one shared function is one
+    # rule, where two copies could drift apart.
+    lines = [
+        _source(line[len(_INCLUDE) :].strip()) if line.startswith(_INCLUDE) else line
+        for line in _source(name).splitlines(keepends=True)
+    ]
+    source = "".join(lines)
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 

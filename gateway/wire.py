@@ -17,6 +17,7 @@ _RETRY_HINT_LIMIT_S = 60
 _STATUS: tuple[tuple[type[errors.AntexError], int], ...] = (
     (errors.InvalidRequest, 400),
     (errors.AuthenticationFailed, 401),
+    (errors.KeyLimitReached, 403),
     (errors.PermissionDenied, 403),
     (errors.NotFound, 404),
     (errors.RateLimited, 429),

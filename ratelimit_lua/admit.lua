@@ -12,26 +12,38 @@ early; it frees at most one bucket (B) late.
 Clock: now_ms comes from the caller. On several gateway nodes their clocks must agree within
 a bucket or so; skew only shifts when capacity frees, it cannot double-count or lose credits.
 
+Admission (step 7): a window refuses only when it is full (settled usage >= limit), or when
+requests in flight hold all that is left of it. A request whose estimate is larger than the
+rest is admitted reserving just the rest; its real cost is settled as usual. Overshoot is
+therefore bounded by the costs of the requests in flight beyond their reservations: at most
+the concurrency cap x one request's cost (see limits.py).
+
+Key sharing (step 3b): the distinct networks (IP tags) any key of the account was used from
+within the sharing period are kept in a zset; more of them than max_keys x slots allow sets
+a flag on the account hash for the operator (a flag, never a lock).
+
 KEYS (all share the account's hash tag)
   1 account hash   2 key hash   3 key ips hash   4 key denied zset
   5 5-hour window hash   6 7-day window hash   7 inflight zset   8 reserved hash
-  9 events stream
+  9 events stream   10 account networks zset
 ARGV
   1 now_ms              2 request_id (never "total")     3 estimate_mc (milli-credits)
   4 ip_tag              5 check_only (0|1)               6 key_id (for the event log)
   7 window_5h_ms        8 bucket_5h_ms                   9 window_7d_ms
   10 bucket_7d_ms       11 reservation_ttl_ms            12 ip_deny_period_ms
   13 ip_deny_threshold (distinct refused IPs)            14 events_maxlen (approximate)
+  15 default_max_keys (accounts whose plan snapshot predates the key cap)
+  16 sharing_period_ms
 RETURNS a flat array, first element the outcome:
   {"ok", ip_bound_now}                                  check_only
-  {"ok", ip_bound_now, used5, limit5, used7, limit7, reserved_total, in_flight}
+  {"ok", ip_bound_now, used5, limit5, used7, limit7, reserved_total, in_flight, reservation}
   {"revoked"}
   {"quarantined", quarantined_now (0|1), reason}
   {"no_plan", why ("missing"|"expired"|"zero_limit"|<account status>), period_end_ms}
   {"ip_limit", bound_ips, ip_slots}
   {"concurrency", in_flight, cap}
-  {"5h"|"7d", frees_at_ms, used, limit}
-  {"reserved", "5h"|"7d", used, reserved_total, limit}
+  {"5h"|"7d", frees_at_ms, used, limit}                  the window is full
+  {"in_flight", "5h"|"7d", used, reserved_total, limit}  the rest is held by requests in flight
 All amounts are milli-credits; all times are ms since the epoch.
 ]]
 
@@ -47,6 +59,10 @@ local ttl_ms = tonumber(ARGV[11])
 local deny_period_ms = tonumber(ARGV[12])
 local deny_threshold = tonumber(ARGV[13])
 local events_maxlen = ARGV[14]
+local default_max_keys = tonumber(ARGV[15])
+local sharing_ms = tonumber(ARGV[16])
+
+--#include window_frees
 
 -- Lua's default number formatting switches to exponents past 14 digits.
 local function int(n)
@@ -68,7 +84,8 @@ end
 
 -- 2. The account's plan snapshot.
 local acct = redis.call('HMGET', KEYS[1], 'status', 'period_end_ms', 'limit_5h', 'limit_7d',
-  'ip_slots', 'extra_ip_slots', 'concurrency')
+  'ip_slots', 'extra_ip_slots', 'concurrency', 'max_keys', 'keys_extra_ip_slots',
+  'shared_flag_ms')
 local period_end = tonumber(acct[2])
 if not acct[1] or not period_end then
   return {'no_plan', 'missing', 0}
@@ -92,6 +109,8 @@ if redis.call('HEXISTS', KEYS[3], ip) == 0 then
   local bound = redis.call('HLEN', KEYS[3])
   if bound < slots then
     redis.call('HSET', KEYS[3], ip, int(now))
+    -- Bound now, so it is no longer evidence of a leak (an operator may have added the slot).
+    redis.call('ZREM', KEYS[4], ip)
     bound_now = 1
   else
     redis.call('ZADD', KEYS[4], int(now), ip)
@@ -115,6 +134,27 @@ if redis.call('HEXISTS', KEYS[3], ip) == 0 then
     return {'quarantined', 1, reason}
   end
 end
+
+-- 3b. Key sharing: only a network never seen in the period can change the count.
+local account_slots = (tonumber(acct[5]) or 0) + (tonumber(acct[6]) or 0)
+if redis.call('ZADD', KEYS[10], int(now), ip) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', int(now - sharing_ms))
+  local seen = redis.call('ZCARD', KEYS[10])
+  local max_keys = tonumber(acct[8]) or default_max_keys
+  local allowed = max_keys * account_slots + (tonumber(acct[9]) or 0)
+  local flagged = tonumber(acct[10])
+  if seen > allowed and (flagged == nil or flagged <= now - sharing_ms) then
+    local hours = int(math.floor(sharing_ms / 3600000))
+    local reason = int(seen) .. ' distinct networks used this account\'s keys within '
+      .. hours .. ' h; the plan allows ' .. int(allowed) .. ' (' .. int(max_keys)
+      .. ' keys x ' .. int(account_slots) .. ' IP slots); the keys may be shared'
+    redis.call('HSET', KEYS[1], 'shared_flag_ms', int(now), 'shared_flag_reason', reason)
+    redis.call('XADD', KEYS[9], 'MAXLEN', '~', events_maxlen, '*', 'type', 'account_flagged',
+      'key_id', key_id, 'at_ms', int(now), 'reason', reason,
+      'ips', table.concat(redis.call('ZRANGE', KEYS[10], 0, -1), ','))
+  end
+end
+redis.call('PEXPIRE', KEYS[10], sharing_ms)
 
 -- 4. count_tokens / models: key and IP checks only, nothing reserved.
 if check_only then
@@ -184,54 +224,42 @@ if in_flight >= cap then
   return {'concurrency', in_flight, cap}
 end
 
--- 7. Windows. An estimate above a whole window counts as the whole window, so an empty
--- window always admits one request instead of refusing it forever.
-local function frees_at(wkey, used, e, limit, window_ms, bucket_ms)
-  local flat = redis.call('HGETALL', wkey)
-  local starts, amount = {}, {}
-  for i = 1, #flat, 2 do
-    local s = tonumber(flat[i])
-    if s then
-      starts[#starts + 1] = s
-      amount[s] = tonumber(flat[i + 1])
-    end
+-- 7. Windows. A full window names the time it frees (the later one when both are full).
+local full5, full7 = used5 >= limit5, used7 >= limit7
+if full5 or full7 then
+  local f5, f7 = -1, -1
+  if full5 then
+    f5 = frees_at(redis.call('HGETALL', KEYS[5]), now, used5, limit5, w5_ms, b5_ms)
   end
-  table.sort(starts)
-  local freed = 0
-  for _, s in ipairs(starts) do
-    freed = freed + amount[s]
-    if used - freed + e <= limit then
-      return s + window_ms + bucket_ms
-    end
+  if full7 then
+    f7 = frees_at(redis.call('HGETALL', KEYS[6]), now, used7, limit7, w7_ms, b7_ms)
   end
-  return now
+  if f7 > f5 then
+    return {'7d', f7, used7, limit7}
+  end
+  return {'5h', f5, used5, limit5}
 end
-
-local e5, e7 = math.min(estimate, limit5), math.min(estimate, limit7)
-if used5 + e5 > limit5 then
-  return {'5h', frees_at(KEYS[5], used5, e5, limit5, w5_ms, b5_ms), used5, limit5}
-end
-if used7 + e7 > limit7 then
-  return {'7d', frees_at(KEYS[6], used7, e7, limit7, w7_ms, b7_ms), used7, limit7}
-end
-if used5 + reserved + e5 > limit5 then
-  return {'reserved', '5h', used5, reserved, limit5}
-end
-if used7 + reserved + e7 > limit7 then
-  return {'reserved', '7d', used7, reserved, limit7}
-end
-
--- 8. Reserve. A repeated request id replaces its earlier reservation.
+-- A repeated request id replaces its earlier reservation.
 local previous = tonumber(redis.call('HGET', KEYS[8], request_id))
 if previous then
   reserved = reserved - previous
   in_flight = in_flight - 1
 end
-reserved = reserved + estimate
+local free5, free7 = limit5 - used5 - reserved, limit7 - used7 - reserved
+if free5 <= 0 then
+  return {'in_flight', '5h', used5, reserved, limit5}
+end
+if free7 <= 0 then
+  return {'in_flight', '7d', used7, reserved, limit7}
+end
+local reservation = math.min(estimate, free5, free7)
+
+-- 8. Reserve.
+reserved = reserved + reservation
 redis.call('ZADD', KEYS[7], int(now + ttl_ms), request_id)
-redis.call('HSET', KEYS[8], request_id, int(estimate), 'total', int(reserved))
+redis.call('HSET', KEYS[8], request_id, int(reservation), 'total', int(reserved))
 -- Every live reservation expires within ttl of the newest one, so idle accounts clean up.
 redis.call('PEXPIRE', KEYS[7], ttl_ms)
 redis.call('PEXPIRE', KEYS[8], ttl_ms)
 redis.call('HSET', KEYS[2], 'last_used_ms', int(now))
-return {'ok', bound_now, used5, limit5, used7, limit7, reserved, in_flight + 1}
+return {'ok', bound_now, used5, limit5, used7, limit7, reserved, in_flight + 1, reservation}

@@ -13,34 +13,31 @@ KEYS (all share the account's hash tag)
 ARGV
   1 now_ms   2 window_5h_ms   3 bucket_5h_ms   4 window_7d_ms   5 bucket_7d_ms
 RETURNS {used5, limit5, resets5, used7, limit7, resets7, reserved, in_flight}
-  used/limit/reserved in milli-credits; resets = ms when the oldest bucket still in the
-  window leaves it, -1 when the window is empty.
+  used/limit/reserved in milli-credits; resets = ms when the window frees capacity (see
+  window_frees.lua: the instant a full window's 429 names too), -1 when the window is empty.
 ]]
 
 local now = tonumber(ARGV[1])
 
-local function window(wkey, window_ms, bucket_ms)
+--#include window_frees
+
+local function window(wkey, limit, window_ms, bucket_ms)
   local cutoff = now - window_ms - bucket_ms
   local flat = redis.call('HGETALL', wkey)
-  local used, oldest = 0, nil
+  local used = 0
   for i = 1, #flat, 2 do
     local s = tonumber(flat[i])
     if s and s > cutoff then
       used = used + tonumber(flat[i + 1])
-      if oldest == nil or s < oldest then
-        oldest = s
-      end
     end
   end
-  if oldest == nil then
-    return used, -1
-  end
-  return used, oldest + window_ms + bucket_ms
+  return used, frees_at(flat, now, used, limit, window_ms, bucket_ms)
 end
 
 local limits = redis.call('HMGET', KEYS[1], 'limit_5h', 'limit_7d')
-local used5, resets5 = window(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]))
-local used7, resets7 = window(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+local limit5, limit7 = tonumber(limits[1]) or 0, tonumber(limits[2]) or 0
+local used5, resets5 = window(KEYS[2], limit5, tonumber(ARGV[2]), tonumber(ARGV[3]))
+local used7, resets7 = window(KEYS[3], limit7, tonumber(ARGV[4]), tonumber(ARGV[5]))
 
 local live = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. string.format('%d', now), '+inf')
 local reserved = 0
@@ -51,5 +48,4 @@ if #live > 0 then
   end
 end
 
-return {used5, tonumber(limits[1]) or 0, resets5, used7, tonumber(limits[2]) or 0, resets7,
-  reserved, #live}
+return {used5, limit5, resets5, used7, limit7, resets7, reserved, #live}

@@ -309,7 +309,7 @@ class Dashboard:
         return self.html(
             request, visit, "keys.html",
             {"title": "API keys", "nav": "keys", "account": account, "created": None,
-             "name_error": "", **data, **extra},
+             "name_error": "", "key_error": "", **data, **extra},
             status=status,
         )  # fmt: skip
 
@@ -338,9 +338,14 @@ class Dashboard:
                 request, visit, account, status=400,
                 name_error=f"Give the key a name of 1 to {_MAX_KEY_NAME} characters.",
             )  # fmt: skip
-        created = await accounts.create_key(
-            self.client, account["id"], name, rounds=self.res.settings.bcrypt_rounds
-        )
+        try:
+            created = await accounts.create_key(
+                self.client, account["id"], name, rounds=self.res.settings.bcrypt_rounds
+            )
+        except errors.KeyLimitReached as exc:
+            return await self._keys_page(
+                request, visit, account, status=wire.status_of(exc), key_error=exc.message
+            )
         # Rendered straight into this response (no redirect): the full key must never sit
         # in Valkey, a URL or a log, so this page is the only place it ever appears.
         return await self._keys_page(

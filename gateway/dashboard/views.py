@@ -15,7 +15,7 @@ from markupsafe import Markup
 from gateway import accounts, keyspace
 from gateway.dashboard import charts
 from gateway.limits import CreditLimiter, usage_body
-from gateway.plans import list_plans
+from gateway.plans import DEFAULT_MAX_KEYS, list_plans
 from gateway.scripts import fail_closed
 
 RECENT_REQUESTS = 25
@@ -172,7 +172,13 @@ async def keys_page(client: Any, account_id: str, account: dict[str, str]) -> di
         )
     order = {"active": 0, "quarantined": 1}
     rows.sort(key=lambda r: (order.get(r["status"], 2), -r["created_ms"], r["name"]))
-    return {"keys": rows}
+    # The cap counts what create_key.lua counts: every key not revoked.
+    in_use = sum(1 for r in rows if r["status"] != "revoked")
+    return {"keys": rows, "keys_in_use": in_use, "max_keys": _max_keys(account)}
+
+
+def _max_keys(account: dict[str, str]) -> int:
+    return _int(account.get("max_keys"), DEFAULT_MAX_KEYS)
 
 
 async def find_key(client: Any, account_id: str, key_id: str) -> dict[str, Any] | None:
@@ -204,6 +210,7 @@ async def plans_page(client: Any, account_id: str, account: dict[str, str]) -> d
             "windows_per_week": _ratio(p.credits_7d, p.credits_5h).rstrip("×"),
             "ip_slots": p.ip_slots,
             "concurrency": p.concurrency,
+            "max_keys": p.max_keys,
             "period_days": p.period_days,
         }
         for p in plans
@@ -215,6 +222,7 @@ async def plans_page(client: Any, account_id: str, account: dict[str, str]) -> d
         "ip_slots": _int(account.get("ip_slots")) + _int(account.get("extra_ip_slots")),
         "extra_ip_slots": _int(account.get("extra_ip_slots")),
         "concurrency": _int(account.get("concurrency")),
+        "max_keys": _max_keys(account),
         "windows_per_week": _ratio(limit_7d, limit_5h).rstrip("×"),
         "catalog": catalog,
         "deletion_requested_ms": int(float(requested)) if requested is not None else 0,

@@ -46,7 +46,7 @@ def test_every_admin_route_refuses_missing_wrong_and_customer_credentials(
     stack: Stack, customer: Customer
 ) -> None:
     ops = admin_operations()
-    assert len(ops) == 20
+    assert len(ops) == 21
     attempts = {
         "missing": {},
         "wrong": {"authorization": "Bearer antex_op_" + secrets.token_urlsafe(32)},
@@ -172,6 +172,25 @@ async def test_plans_through_the_admin_api(stack: Stack, admin: Admin) -> None:
         status=400,
     )
     assert "credits_7d" in bad["error"]["message"]
+
+
+async def test_keys_beyond_the_plans_cap_are_refused_by_the_admin_api(
+    stack: Stack, admin: Admin
+) -> None:
+    name = f"api-cap-{secrets.token_hex(3)}"
+    body = {"credits_5h": 100, "credits_7d": 1_000, "ip_slots": 1, "concurrency": 2}
+    assert admin.put(f"/admin/plans/{name}", {**body, "max_keys": 1})["plan"]["max_keys"] == 1
+    customer = await new_customer(stack.valkey_url, Plan(name, 100, 1_000, 1, 2, 30, max_keys=1))
+    assert admin.get(f"/admin/accounts/{customer.account_id}")["max_keys"] == 1
+    refused = admin.post(
+        f"/admin/accounts/{customer.account_id}/keys", {"name": "second"}, status=403
+    )
+    assert refused["error"]["type"] == "key_limit_reached"
+    assert refused["error"]["message"].startswith("The plan allows 1 active API key and")
+    admin.post(f"/admin/keys/{customer.key_id}/revoke")
+    admin.post(f"/admin/accounts/{customer.account_id}/keys", {"name": "second"}, status=201)
+    # A plan edit without max_keys keeps the cap it had.
+    assert admin.put(f"/admin/plans/{name}", body)["plan"]["max_keys"] == 1
 
 
 async def test_admin_api_rejects_bad_bodies_and_unknown_accounts(admin: Admin) -> None:

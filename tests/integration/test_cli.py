@@ -196,3 +196,30 @@ def test_operator_mistakes_exit_nonzero_with_a_message(stack: Stack) -> None:
     ):
         result = cli(stack, *args)
         assert result.code == 1 and result.err.startswith("antex: ") and words in result.err
+
+
+async def test_keys_beyond_the_plans_cap_are_refused_by_the_cli(stack: Stack) -> None:
+    name = f"cli-cap-{secrets.token_hex(3)}"
+    flags = ["--credits-5h", "100", "--credits-7d", "1000", "--ip-slots", "1", "--concurrency"]
+    saved = cli(stack, "plan", "set", name, *flags, "2", "--max-keys", "2", "--json").json()
+    assert saved["plan"]["max_keys"] == 2
+    address = email()
+    cli(stack, "account", "create", address, "--plan", name)
+    keys = [cli(stack, "key", "create", address, "--name", f"k{n}").out.strip() for n in (1, 2)]
+    assert all(k.startswith("sk_live_") for k in keys)
+    third = cli(stack, "key", "create", address, "--name", "k3")
+    assert third.code == 1 and third.out == ""
+    assert third.err == (
+        "antex: The plan allows 2 active API keys and the account has 2; revoke a key you no "
+        "longer use, or ask your operator for a plan with more keys.\n"
+    )
+    account = cli(stack, "account", "show", address, "--json").json()
+    assert account["max_keys"] == 2 and len(account["keys"]) == 2
+    assert "at most 2 active" in cli(stack, "account", "show", address).out
+    # Raising the cap reaches the account at once; an edit without --max-keys keeps it.
+    cli(stack, "plan", "set", name, *flags, "2", "--max-keys", "3")
+    assert cli(stack, "key", "create", address, "--name", "k3").code == 0
+    cli(stack, "plan", "set", name, *flags, "3")
+    plans = cli(stack, "plan", "list", "--json").json()
+    assert next(p for p in plans if p["name"] == name)["max_keys"] == 3
+    assert "KEYS" in cli(stack, "plan", "list").out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import subprocess
 import uuid
@@ -203,9 +202,9 @@ async def test_codex_window_refusal_is_shown_with_its_window(
     translated = responses_request_to_anthropic(probe)[0]
     rates = load_catalog(None).by_id[MODEL].rates
     one = estimate_mc(len(orjson.dumps(translated)), 4000, rates, 8192)
-    credits = math.ceil(1.5 * one / 1000)  # the probe fits the window, a second request not
-    plan = Plan(f"codex-{uuid.uuid4().hex[:6]}", credits, credits, ip_slots=5, concurrency=8,
-                period_days=30)  # fmt: skip
+    # The probe fills the 5-hour window (windows refuse only once full); the week has room.
+    plan = Plan(f"codex-{uuid.uuid4().hex[:6]}", one // 1000, 10 * one // 1000, ip_slots=5,
+                concurrency=8, period_days=30)  # fmt: skip
     customer = await new_customer(valkey_url, plan)
     async with httpx.AsyncClient(timeout=30) as client:
         spent = await client.post(

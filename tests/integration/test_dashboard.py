@@ -18,18 +18,22 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import valkey.asyncio as avalkey
 from aiosmtpd.controller import Controller
 
 from gateway import accounts
+from gateway.catalog import load_catalog
 from gateway.dashboard.sessions import COOKIE
 from gateway.embedded_valkey import free_port
 from gateway.plans import Plan
+from gateway.usage import Rates, Usage, cost_mc, estimate_mc
 from tests.integration.conftest import (
     ROOT,
     Customer,
@@ -677,3 +681,127 @@ async def test_plans_page_shows_relative_sizes_operator_text_and_records_deletio
         assert any(fields.get("type") == "deletion_requested" for _, fields in events)
     finally:
         await client.aclose()
+
+
+# -- windows: refused only when full, one reset time everywhere ---------------------------
+
+OPUS = load_catalog(None).lookup("claude-opus-4-6")
+SONNET = load_catalog(None).lookup("claude-sonnet-4-6")
+assert OPUS is not None and SONNET is not None
+
+
+def _messages(model: str, max_tokens: int, stream: bool = False) -> bytes:
+    return orjson.dumps(
+        {
+            "model": model,
+            "max_tokens": max_tokens,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "refactor the parser"}],
+        }
+    )
+
+
+def _cost(payload: bytes, rates: Rates, output_tokens: int) -> int:
+    """What the simulator reports for ``payload``, priced as the gateway prices it."""
+    usage = Usage.from_anthropic(
+        {"input_tokens": max(1, len(payload) // 4), "output_tokens": output_tokens}
+    )
+    return cost_mc(usage, rates)
+
+
+async def test_a_big_request_at_60_percent_is_admitted_and_the_full_window_agrees_everywhere(
+    dash: Server, mailbox: Mailbox, valkey_url: str
+) -> None:
+    big = _messages(OPUS.id, 8192, stream=True)
+    estimate = estimate_mc(len(big), 8192, OPUS.rates, 8192)
+    limit_credits = estimate // 1000  # one streamed Opus request is about the whole window
+    plan = Plan(f"sixty-{uuid.uuid4().hex[:6]}", limit_credits, limit_credits * 10, 2, 8, 30)
+    customer = await new_customer(valkey_url, plan)
+    limit = limit_credits * 1000
+    small = _messages(SONNET.id, 200)
+    small_cost = _cost(small, SONNET.rates, 200)
+    url = f"{dash.url}/v1/messages"
+    headers = {"x-api-key": customer.key, "x-sim-output-tokens": "200"}
+    used = 0
+    async with httpx.AsyncClient(timeout=60) as api:
+        while used < limit * 60 // 100:
+            assert (await api.post(url, content=small, headers=headers)).status_code == 200
+            used += small_cost
+        assert 60 <= used * 100 // limit < 100 and estimate > limit - used
+        slow = {
+            "x-api-key": customer.key, "x-sim-output-tokens": "8192", "x-sim-chunks": "4",
+            "x-sim-chunk-delay-ms": "300",
+        }  # fmt: skip
+        async with api.stream("POST", url, content=big, headers=slow) as stream:
+            # Admitted at 60 % although its estimate exceeds the rest: it holds the rest.
+            assert stream.status_code == 200
+            held = await api.post(url, content=small, headers=headers)
+            assert held.status_code == 429
+            assert held.json()["error"]["message"] == (
+                "5-hour usage limit nearly reached: requests still in flight hold the "
+                "remaining capacity; retry in 5 s."
+            )
+            assert int(held.headers["retry-after"]) < 60
+            assert "x-should-retry" not in held.headers
+            await stream.aread()
+
+        async def usage() -> dict[str, Any]:
+            got = await api.get(f"{dash.url}/v1/usage", headers={"x-api-key": customer.key})
+            return dict(got.json())
+
+        deadline = time.monotonic() + 10
+        while (now_usage := await usage())["five_hour"]["utilization"] < 100:
+            assert time.monotonic() < deadline, now_usage  # the stream settles after it ends
+            await asyncio.sleep(0.05)
+        full = await api.post(url, content=small, headers=headers)
+        after = await usage()
+    assert full.status_code == 429 and full.headers["x-should-retry"] == "false"
+    message = full.json()["error"]["message"]
+    found = re.fullmatch(
+        r"5-hour usage limit reached; capacity frees at (\S+) \(in 5 h( 1 min)?\)\.", message
+    )
+    assert found, message
+    frees_at = found.group(1)
+    # One instant everywhere: the 429, /v1/usage before and after it, and the dashboard.
+    assert now_usage["five_hour"]["resets_at"] == after["five_hour"]["resets_at"] == frees_at
+    v = Visitor(dash, mailbox)
+    try:
+        await v.sign_in(customer.email)
+        page = await v.page("/dashboard/usage")
+    finally:
+        await v.aclose()
+    assert _windows(page.text)["five_hour"] == (100.0, frees_at)
+    assert f'<time datetime="{frees_at}"' in page.text
+    frees_ms = int(datetime.fromisoformat(frees_at.replace("Z", "+00:00")).timestamp() * 1000)
+    now = time.time_ns() // 1_000_000 + int(dash.clock_file.read_text() or 0)
+    assert abs(int(full.headers["retry-after"]) - (frees_ms - now) / 1000) <= 2
+    print(f"admitted at {used * 100 / limit:.1f} % with estimate {estimate} mc > rest "
+          f"{limit - used} mc; in flight: retry-after {held.headers['retry-after']}; full: "
+          f"{message!r} retry-after {full.headers['retry-after']}, /v1/usage and dashboard "
+          f"{frees_at}")  # fmt: skip
+
+
+async def test_keys_beyond_the_plans_cap_are_refused_on_the_dashboard(
+    dash: Server, mailbox: Mailbox, valkey_url: str
+) -> None:
+    plan = Plan(f"twokeys-{uuid.uuid4().hex[:6]}", 20, 100, 1, 8, 30, max_keys=2)
+    customer = await new_customer(valkey_url, plan)
+    v = Visitor(dash, mailbox)
+    try:
+        await v.sign_in(customer.email)
+        listed = await v.page("/dashboard/keys")
+        assert re.search(r'id="key-count">1 of\s+2 keys</span>', listed.text)
+        assert (await v.post("/dashboard/keys", {"name": "desktop"})).status_code == 201
+        refused = await v.post("/dashboard/keys", {"name": "third"})
+        assert refused.status_code == 403
+        assert (
+            "The plan allows 2 active API keys and the account has 2; revoke a key you no "
+            "longer use, or ask your operator for a plan with more keys."
+        ) in refused.text
+        assert 'id="new-key"' not in refused.text
+        plans = await v.page("/dashboard/plans")
+        assert '<dd id="max-keys">2</dd>' in plans.text
+        assert (await v.post(f"/dashboard/keys/{customer.key_id}/revoke", {})).status_code == 303
+        assert (await v.post("/dashboard/keys", {"name": "third"})).status_code == 201
+    finally:
+        await v.aclose()

@@ -330,3 +330,79 @@ async def test_a_revoked_key_is_refused_by_every_worker_within_a_second(
         f"both workers refusing after {slowest * 1000:.1f} ms ({len(statuses)} requests)"
     )
     assert slowest < 1.0
+
+
+async def test_an_address_bound_through_an_added_slot_never_counts_toward_quarantine(
+    stack: Stack,
+) -> None:
+    customer = await new_customer(stack.valkey_url, ONE_IP)
+    assert send(stack, customer.key, "127.0.0.60").status_code == 200
+    office = send(stack, customer.key, "127.0.0.61")
+    assert error_type(office) == "ip_limit_reached"
+    # The operator adds a slot; the office binds.
+    assert cli(stack, "ip", "add-slots", "1", "--key", customer.key_id).code == 0
+    assert send(stack, customer.key, "127.0.0.61").status_code == 200
+    # Two really unknown addresses: refused, still not quarantined ...
+    for n in (62, 63):
+        assert error_type(send(stack, customer.key, f"127.0.0.{n}")) == "ip_limit_reached"
+    assert send(stack, customer.key, "127.0.0.60").status_code == 200
+    # ... and a third one quarantines, naming only the three unknown ones.
+    assert error_type(send(stack, customer.key, "127.0.0.64")) == "key_quarantined"
+    events = cli(stack, "quarantine", "list", "--account", customer.email, "--json").json()
+    quarantined = [e for e in events["events"] if e["type"] == "key_quarantined"]
+    assert sorted(quarantined[0]["ips"]) == ["127.0.0.62", "127.0.0.63", "127.0.0.64"]
+
+
+async def test_an_unbind_settles_the_addresses_refused_before_it(stack: Stack) -> None:
+    customer = await new_customer(stack.valkey_url, ONE_IP)
+    assert send(stack, customer.key, "127.0.0.70").status_code == 200
+    for n in (71, 72):
+        assert error_type(send(stack, customer.key, f"127.0.0.{n}")) == "ip_limit_reached"
+    # The customer moved: the operator frees the old address and the new one binds.
+    assert cli(stack, "ip", "unbind", customer.key_id, "127.0.0.70").code == 0
+    assert send(stack, customer.key, "127.0.0.73").status_code == 200
+    assert error_type(send(stack, customer.key, "127.0.0.74")) == "ip_limit_reached"
+    assert error_type(send(stack, customer.key, "127.0.0.75")) == "ip_limit_reached"
+
+
+SHARED = Plan("sec-share", 1_000, 10_000, ip_slots=1, concurrency=8, period_days=30, max_keys=2)
+
+
+async def test_keys_churned_across_many_networks_flag_the_account_for_review(
+    stack: Stack, valkey_url: str
+) -> None:
+    customer = await new_customer(stack.valkey_url, SHARED)
+    key, key_id = customer.key, customer.key_id
+    networks = [f"203.0.113.{n}" for n in range(1, 7)]
+    # One key per machine, revoking the last to stay under the key cap: the cap holds, the
+    # IP slots hold, and still six networks use the account in a day, where 2 x 1 fit.
+    for n, network in enumerate(networks):
+        via = send(stack, key, "127.0.0.2", **{"x-forwarded-for": network})
+        assert via.status_code == 200  # a flag never refuses a request
+        made = cli(stack, "key", "create", customer.email, "--name", f"m{n}", "--json").json()
+        assert cli(stack, "key", "revoke", key_id).code == 0
+        key, key_id = made["key"], made["key_id"]
+    listed = cli(stack, "quarantine", "list", "--json").json()
+    flag = next(f for f in listed["flagged"] if f["account_id"] == customer.account_id)
+    assert flag["email"] == customer.email
+    assert flag["reason"] == (
+        "3 distinct networks used this account's keys within 24 h; the plan allows 2 "
+        "(2 keys x 1 IP slots); the keys may be shared"
+    )
+    assert "accounts flagged for key sharing" in cli(stack, "quarantine", "list").out
+    admin = Admin(stack, await operator_token(valkey_url))
+    try:
+        seen = admin.get(f"/admin/quarantine?account={customer.email}")
+        assert [f["account_id"] for f in seen["flagged"]] == [customer.account_id]
+        assert seen["data"] == []  # flagged, not quarantined
+        events = admin.get(f"/admin/accounts/{customer.account_id}/events")["data"]
+        flagged = [e for e in events if e["type"] == "account_flagged"]
+        assert len(flagged) == 1 and sorted(flagged[0]["ips"]) == networks[:3]
+        cleared = admin.post(f"/admin/accounts/{customer.account_id}/clear-flag")
+        assert cleared["shared_flag_ms"] is None
+        after = admin.get("/admin/quarantine")["flagged"]
+        assert customer.account_id not in [f["account_id"] for f in after]
+        admin.post(f"/admin/accounts/{customer.account_id}/clear-flag", status=400)
+    finally:
+        admin.close()
+    assert send(stack, key, "127.0.0.2", **{"x-forwarded-for": networks[0]}).status_code == 200

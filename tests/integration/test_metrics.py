@@ -286,7 +286,8 @@ async def test_window_refusals_are_counted_by_window(metered: Metered, valkey_ur
     payload = body(SONNET.id, stream=True, max_tokens=1000)
     one = cost_mc(simulated_usage(payload, 1000, {}), SONNET.rates)
     assert estimate_mc(len(payload), 1000, SONNET.rates, 8192) == one > 1000
-    fits_one = math.ceil(1.5 * one / 1000)  # credits: one request fits, two do not
+    filled_by_one = one // 1000  # credits: one request fills the window
+    week = math.ceil(1.5 * one / 1000)  # one request leaves room, two fill it
     big = 1_000_000
     url = f"{metered.url}/v1/messages"
     before = await scrape(metered.url)
@@ -305,24 +306,26 @@ async def test_window_refusals_are_counted_by_window(metered: Metered, valkey_ur
                 assert first.status_code == 200  # admitted: its reservation is held
                 return await send(c)
 
-        c = await new_customer(valkey_url, plan(fits_one, fits_one))
+        c = await new_customer(valkey_url, plan(filled_by_one, week))
         assert (await send(c)).status_code == 200
         assert (await send(c)).status_code == 429  # the 5-hour window is full
         move_clock(metered, 5 * HOUR_MS + 2 * MINUTE_MS)
         try:
-            assert (await send(c)).status_code == 429  # 5 hours on, the weekly one still is
+            assert (await send(c)).status_code == 200  # 5 hours on: this one fills the week
+            assert (await send(c)).status_code == 429
         finally:
             move_clock(metered, -(5 * HOUR_MS + 2 * MINUTE_MS))
-        reserved = await refused_while_one_streams(
-            await new_customer(valkey_url, plan(fits_one, big))
+        # The stream's reservation holds all of its window.
+        in_flight = await refused_while_one_streams(
+            await new_customer(valkey_url, plan(filled_by_one, big))
         )
         concurrency = await refused_while_one_streams(
             await new_customer(valkey_url, plan(big, big, concurrency=1))
         )
-        assert reserved.status_code == concurrency.status_code == 429
+        assert in_flight.status_code == concurrency.status_code == 429
 
     after = await scrape(metered.url)
-    for window in ("5h", "7d", "reserved", "concurrency"):
+    for window in ("5h", "7d", "in_flight", "concurrency"):
         moved = after("antex_window_refusals_total", window=window) - before(
             "antex_window_refusals_total", window=window
         )

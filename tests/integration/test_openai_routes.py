@@ -757,7 +757,8 @@ def window_request(call: Call, stream: bool = False) -> dict[str, Any]:
 
 
 def tiny_plan(call: Call) -> Plan:
-    """One request fits each window, two do not: the reservation is the request's true cost."""
+    """One request fills the 5-hour window; the week holds one and a half, so a second
+    request (5 hours later) fills it too. Windows refuse only once full."""
     if call is call_chat:
         body = chat_translation({"model": MODEL, "max_tokens": WINDOW_TOKENS,
                                  "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
@@ -766,9 +767,9 @@ def tiny_plan(call: Call) -> Plan:
             {"model": MODEL, "max_output_tokens": WINDOW_TOKENS, "input": "hi"}
         )
     one = estimate_mc(len(orjson.dumps(body)), WINDOW_TOKENS, RATES, 8192)
-    credits = math.ceil(1.5 * one / 1000)
-    assert credits * 1000 < 2 * one
-    return Plan(f"tiny-{uuid.uuid4().hex[:6]}", credits, credits, ip_slots=5, concurrency=8,
+    week = math.ceil(1.5 * one / 1000)
+    assert week * 1000 < 2 * one
+    return Plan(f"tiny-{uuid.uuid4().hex[:6]}", one // 1000, week, ip_slots=5, concurrency=8,
                 period_days=30)  # fmt: skip
 
 
@@ -794,6 +795,8 @@ async def test_window_refusals_are_429_with_retry_after_naming_the_window(
 
             moved = 5 * HOUR_MS + 2 * 60_000
             stack.move_clock(moved)
+            call(client, window_request(call))  # the 5-hour window is empty: this fills the week
+            log_of(customer, 2)
             with pytest.raises(openai.RateLimitError) as weekly:
                 call(client, window_request(call))
             assert "Weekly" in error_body(weekly.value)["message"]
@@ -817,6 +820,8 @@ async def test_codex_stream_refusal_is_200_response_failed_it_retries(
                 if window == "Weekly":
                     moved = 5 * HOUR_MS + 2 * 60_000
                     stack.move_clock(moved)
+                    call_responses(client, window_request(call_responses))  # fills the week
+                    log_of(customer, 2)
                 with client.responses.with_streaming_response.create(
                     model=MODEL, input="hi", max_output_tokens=WINDOW_TOKENS, stream=True
                 ) as raw:

@@ -202,6 +202,58 @@ async def test_distinct_refused_ips_within_the_period_quarantine_the_key(
     assert await async_valkey.zscore(keyspace.QUARANTINE_INDEX, f"{account_id}:k1") == clock.now
 
 
+async def test_an_address_bound_after_an_operator_added_a_slot_is_no_leak_evidence(
+    async_valkey: Client, make_limiter: MakeLimiter, account_id: str
+) -> None:
+    limiter = make_limiter()
+    account = await make_account(async_valkey, account_id, ip_slots=1)
+    await admit(limiter, account_id, ip_tag="ip-home")
+    with pytest.raises(errors.IpLimitReached):
+        await admit(limiter, account_id, ip_tag="ip-office")
+    # The operator adds a slot (bare, without the CLI's clearing): binding alone settles it.
+    await async_valkey.hincrby(account.keys.key("k1"), "extra_ip_slots", 1)
+    assert (await admit(limiter, account_id, ip_tag="ip-office")).ip_newly_bound
+    for ip in ("ip-x", "ip-y"):  # two really unknown addresses: refused, not quarantined
+        with pytest.raises(errors.IpLimitReached):
+            await admit(limiter, account_id, ip_tag=ip)
+    with pytest.raises(errors.KeyQuarantined, match="3 distinct unbound IP addresses"):
+        await admit(limiter, account_id, ip_tag="ip-z")
+    (_, event), *_ = await async_valkey.xrange(account.keys.events)
+    assert sorted(event["ips"].split(",")) == ["ip-x", "ip-y", "ip-z"]
+
+
+async def test_more_networks_than_keys_times_slots_in_a_day_flag_the_account(
+    async_valkey: Client, make_limiter: MakeLimiter, account_id: str, clock: FakeClock
+) -> None:
+    limiter = make_limiter()
+    account = await make_account(async_valkey, account_id, ip_slots=2)
+    await async_valkey.hset(account.keys.account, "max_keys", 1)
+    await async_valkey.hset(
+        account.keys.key("k2"), mapping={"name": "two", "status": "active", "extra_ip_slots": 1}
+    )
+    await admit(limiter, account_id, ip_tag="ip-a")
+    await admit(limiter, account_id, ip_tag="ip-b", check_only=True)
+    await admit(limiter, account_id, ip_tag="ip-a")  # seen again: still two networks
+    assert await async_valkey.hget(account.keys.account, "shared_flag_ms") is None
+    # A second key (one more than the plan allows, say from before the cap) used elsewhere.
+    await admit(limiter, account_id, key_id="k2", ip_tag="ip-c")  # a flag, never a refusal
+    flagged = await async_valkey.hgetall(account.keys.account)
+    assert flagged["shared_flag_ms"] == str(clock.now)
+    assert flagged["shared_flag_reason"] == (
+        "3 distinct networks used this account's keys within 24 h; the plan allows 2 "
+        "(1 keys x 2 IP slots); the keys may be shared"
+    )
+    await admit(limiter, account_id, key_id="k2", ip_tag="ip-d")  # flagged once per day
+    events = [e for _, e in await async_valkey.xrange(account.keys.events)]
+    assert [e["type"] for e in events] == ["account_flagged"]
+    assert sorted(events[0]["ips"].split(",")) == ["ip-a", "ip-b", "ip-c"]
+    # A day later only the day's networks count.
+    clock.advance(DAY_MS)
+    await admit(limiter, account_id, ip_tag="ip-a")
+    await admit(limiter, account_id, key_id="k2", ip_tag="ip-e")
+    assert await async_valkey.zcard(account.keys.networks) == 2
+
+
 async def test_wrong_secrets_quarantine_the_key_at_the_threshold(
     async_valkey: Client, make_limiter: MakeLimiter, account_id: str, clock: FakeClock
 ) -> None:
@@ -245,7 +297,7 @@ async def test_two_hundred_concurrent_admits_let_exactly_fifty_through(
     admitted = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, errors.RateLimited)]
     assert len(admitted) == 50 and len(refused) == 150
-    assert {r.scope for r in refused} == {"reserved"}
+    assert {r.scope for r in refused} == {"in_flight"}
     view = await limiter.usage(account_id)
     assert view.five_hour.reserved_mc == 50 * 1234 and view.in_flight == 50
 
@@ -317,9 +369,9 @@ async def test_refusals_name_the_window_and_the_time_it_frees(
     await make_account(async_valkey, account_id, limit_5h_mc=10_000, limit_7d_mc=15_000)
     await spend(limiter, account_id, 6000)  # bucket 12:00
     clock.advance(30 * MINUTE_MS + 10_000)
-    await spend(limiter, account_id, 4000)  # bucket 12:30
+    await spend(limiter, account_id, 4000)  # bucket 12:30: the 5-hour window is full
     with pytest.raises(errors.RateLimited) as info:
-        await admit(limiter, account_id, 1000)
+        await admit(limiter, account_id, 1)
     # Freeing the 12:00 bucket (it counts until 12:00 + 5 h + 1 min) makes room.
     assert info.value.scope == "5h"
     assert info.value.resets_at_ms == T0 + 5 * HOUR_MS + MINUTE_MS
@@ -327,43 +379,102 @@ async def test_refusals_name_the_window_and_the_time_it_frees(
     assert info.value.message == (
         "5-hour usage limit reached; capacity frees at 2026-11-22T17:01:00Z (in 4 h 31 min)."
     )
+    # /v1/usage and the dashboard name the very same instant.
+    assert (await limiter.usage(account_id)).five_hour.resets_at_ms == info.value.resets_at_ms
     # After a 4-hour jump the wait shrinks by exactly that much.
     clock.advance(4 * HOUR_MS)
     with pytest.raises(errors.RateLimited) as info:
         await admit(limiter, account_id, 1000)
     assert info.value.retry_after_s == (31 * MINUTE_MS - 10_000) // 1000
-    # An estimate needing both buckets gone waits for the 12:30 one.
-    with pytest.raises(errors.RateLimited) as info:
-        await admit(limiter, account_id, 9000)
-    assert info.value.resets_at_ms == T0 + 5 * HOUR_MS + 31 * MINUTE_MS
-    # A 5-hour jump from the first charge frees the first bucket; the weekly window remembers.
+    # Once the 12:00 bucket left, the window has room again; the weekly one remembers it all.
     clock.advance(HOUR_MS)
-    await admit(limiter, account_id, 4000)
+    first = rid()
+    await admit(limiter, account_id, 4000, request_id=first)
+    await limiter.settle(
+        account_id=account_id, key_id="k1", request_id=first, cost_mc=5000, record={}
+    )
     with pytest.raises(errors.RateLimited) as info:
-        await admit(limiter, account_id, 6000)
+        await admit(limiter, account_id, 1)
     assert info.value.scope == "7d"
     assert info.value.resets_at_ms == T0 + 7 * DAY_MS + HOUR_MS
     assert info.value.message == (
         "Weekly usage limit reached; capacity frees at 2026-11-29T13:00:00Z (in 6 d 19 h)."
     )
     assert info.value.retry_after_s == (7 * DAY_MS + HOUR_MS - (clock.now - T0) + 999) // 1000
-    # A 7-day jump empties both windows.
+    assert (await limiter.usage(account_id)).seven_day.resets_at_ms == info.value.resets_at_ms
+    # A 7-day jump empties the 5-hour window and the weekly one of all but the last charge.
     clock.advance(7 * DAY_MS)
     admission = await admit(limiter, account_id, 10_000)
-    assert (admission.used_5h_mc, admission.used_7d_mc) == (0, 0)
+    assert (admission.used_5h_mc, admission.used_7d_mc) == (0, 5000)
 
 
-async def test_estimate_above_a_whole_window_is_admitted_only_when_it_is_empty(
+async def test_a_full_window_names_the_first_time_it_is_below_its_limit_again(
     async_valkey: Client, make_limiter: MakeLimiter, account_id: str, clock: FakeClock
 ) -> None:
     limiter = make_limiter()
-    await make_account(async_valkey, account_id, limit_5h_mc=5000, limit_7d_mc=10**9)
-    await spend(limiter, account_id, 100)
+    await make_account(async_valkey, account_id, limit_5h_mc=10_000, limit_7d_mc=10**9)
+    await spend(limiter, account_id, 1000)  # bucket 12:00, leaves at 17:01
+    clock.advance(MINUTE_MS)
+    await spend(limiter, account_id, 12_000)  # bucket 12:01: an overshoot to 130 %
     with pytest.raises(errors.RateLimited) as info:
-        await admit(limiter, account_id, 99_999)
-    assert info.value.resets_at_ms == T0 + 5 * HOUR_MS + MINUTE_MS  # when the window empties
-    clock.advance(5 * HOUR_MS + MINUTE_MS)
-    assert (await admit(limiter, account_id, 99_999)).reserved_mc == 99_999
+        await admit(limiter, account_id, 1)
+    # 12:00 leaving still leaves 120 %: capacity frees only when 12:01 leaves too.
+    assert info.value.resets_at_ms == T0 + 5 * HOUR_MS + 2 * MINUTE_MS
+    assert (await limiter.usage(account_id)).five_hour.resets_at_ms == info.value.resets_at_ms
+
+
+async def test_both_windows_full_name_the_one_that_frees_later(
+    async_valkey: Client, make_limiter: MakeLimiter, account_id: str
+) -> None:
+    limiter = make_limiter()
+    await make_account(async_valkey, account_id, limit_5h_mc=1000, limit_7d_mc=1000)
+    await spend(limiter, account_id, 1000)
+    with pytest.raises(errors.RateLimited) as info:
+        await admit(limiter, account_id, 1)
+    assert info.value.scope == "7d" and "Weekly" in info.value.message
+
+
+async def test_an_estimate_above_the_rest_is_admitted_reserving_the_rest(
+    async_valkey: Client, make_limiter: MakeLimiter, account_id: str
+) -> None:
+    limiter = make_limiter()
+    await make_account(async_valkey, account_id, limit_5h_mc=100_000, limit_7d_mc=10**9)
+    await spend(limiter, account_id, 60_000)  # 60 %
+    big = rid()
+    admission = await admit(limiter, account_id, 61_000, request_id=big)
+    assert admission.reserved_mc == 40_000 and admission.account_reserved_mc == 40_000
+    # The rest is held in flight: a short wait, not the window's reset.
+    with pytest.raises(errors.RateLimited) as info:
+        await admit(limiter, account_id, 1)
+    assert info.value.scope == "in_flight" and info.value.retry_after_s == 5
+    assert info.value.message == (
+        "5-hour usage limit nearly reached: requests still in flight hold the remaining "
+        "capacity; retry in 5 s."
+    )
+    await limiter.settle(
+        account_id=account_id, key_id="k1", request_id=big, cost_mc=61_000, record={}
+    )
+    view = await limiter.usage(account_id)
+    assert view.five_hour.used_mc == 121_000 and view.five_hour.reserved_mc == 0
+    with pytest.raises(errors.RateLimited) as info:
+        await admit(limiter, account_id, 1)
+    assert info.value.scope == "5h" and info.value.retry_after_s > 60
+    # An estimate above the whole window on an empty one reserves the whole window.
+    other = uuid.uuid4().hex[:16]
+    await make_account(async_valkey, other, limit_5h_mc=5000, limit_7d_mc=10**9)
+    assert (await admit(limiter, other, 99_999)).reserved_mc == 5000
+
+
+async def test_the_rest_is_shared_by_what_is_in_flight_not_refused_at_the_estimate(
+    async_valkey: Client, make_limiter: MakeLimiter, account_id: str
+) -> None:
+    limiter = make_limiter()
+    await make_account(async_valkey, account_id, limit_5h_mc=10_000, limit_7d_mc=10**9)
+    assert (await admit(limiter, account_id, 7000)).reserved_mc == 7000
+    assert (await admit(limiter, account_id, 7000)).reserved_mc == 3000  # what was left
+    with pytest.raises(errors.RateLimited) as info:
+        await admit(limiter, account_id, 1)
+    assert info.value.scope == "in_flight"
 
 
 async def test_settle_charges_logs_metadata_and_aggregates(

@@ -118,11 +118,11 @@ async def test_scripts_run_for_accounts_on_every_shard(cluster_ports: list[int])
             )  # fmt: skip
             assert admission.ip_newly_bound and admission.in_flight == 1
             await limiter.settle(
-                account_id=account_id, key_id="k1", request_id=request_id, cost_mc=9000,
+                account_id=account_id, key_id="k1", request_id=request_id, cost_mc=10_000,
                 record={"model": "claude-sonnet-4-6", "output_tokens": 10},
             )  # fmt: skip
             view = await limiter.usage(account_id)
-            assert (view.five_hour.used_mc, view.in_flight) == (9000, 0)
+            assert (view.five_hour.used_mc, view.in_flight) == (10_000, 0)
             with pytest.raises(errors.RateLimited, match="5-hour usage limit reached"):
                 await limiter.admit(
                     account_id=account_id, key_id="k1", ip_tag="ip-home",
@@ -141,7 +141,7 @@ async def test_scripts_run_for_accounts_on_every_shard(cluster_ports: list[int])
                 account_id=account_id, key_id="k1", ip_tag="ip-home",
                 request_id="after-flush", estimate_mc=1, check_only=True,
             )  # fmt: skip
-            assert (await limiter.usage(account_id)).five_hour.used_mc == 9000
+            assert (await limiter.usage(account_id)).five_hour.used_mc == 10_000
 
         # A plan edit reaches every account on it, whichever shard holds it.
         updated = await plans.set_plan(client, plans.Plan("pro", 50, 500, 2, 8, 30))

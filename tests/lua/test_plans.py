@@ -48,7 +48,8 @@ def test_account_snapshot_holds_limits_in_milli_credits() -> None:
     pro = next(p for p in DEFAULT_PLANS if p.name == "pro")
     assert account_plan_fields(pro, 1_800_000_000_000) == {
         "plan": "pro", "limit_5h": "2000000", "limit_7d": "20000000", "ip_slots": "2",
-        "concurrency": "8", "period_end_ms": "1800000000000", "status": "active",
+        "concurrency": "8", "max_keys": "3", "period_end_ms": "1800000000000",
+        "status": "active",
     }  # fmt: skip
 
 
@@ -57,16 +58,22 @@ async def test_set_plan_updates_only_accounts_on_that_plan(db: avalkey.Valkey) -
     on_pro = [await add_account(db, by_name["pro"], 1000 + n) for n in range(3)]
     on_max = await add_account(db, by_name["max"], 5000)
     await db.hset(AccountKeys(on_pro[0]).account, "status", "cancelled")
-    bigger = Plan("pro", 3_000, 30_000, 3, 12, 30, "More room.")
+    bigger = Plan("pro", 3_000, 30_000, 3, 12, 30, "More room.", max_keys=4)
     assert await plans.set_plan(db, bigger) == 3
     assert await plans.get_plan(db, "pro") == bigger
     for n, account_id in enumerate(on_pro):
         fields = await db.hgetall(AccountKeys(account_id).account)
         assert (fields["limit_5h"], fields["limit_7d"]) == ("3000000", "30000000")
-        assert (fields["ip_slots"], fields["concurrency"]) == ("3", "12")
+        assert (fields["ip_slots"], fields["concurrency"], fields["max_keys"]) == ("3", "12", "4")
         assert fields["period_end_ms"] == str(1000 + n)  # the period is the account's own
     assert (await db.hget(AccountKeys(on_pro[0]).account, "status")) == "cancelled"
     assert await db.hget(AccountKeys(on_max).account, "limit_5h") == "10000000"
+
+
+def test_a_plan_saved_before_the_key_cap_reads_with_the_default_cap() -> None:
+    old = b'{"name":"old","credits_5h":1,"credits_7d":1,"ip_slots":1,"concurrency":1,'
+    old += b'"period_days":1}'
+    assert Plan.from_json(old).max_keys == plans.DEFAULT_MAX_KEYS
 
 
 async def test_set_plan_creates_a_new_plan(db: avalkey.Valkey) -> None:
@@ -81,6 +88,7 @@ async def test_set_plan_creates_a_new_plan(db: avalkey.Valkey) -> None:
         {"credits_5h": 0},
         {"concurrency": -1},
         {"credits_7d": 10},
+        {"max_keys": 0},
     ],
 )
 def test_invalid_plans_are_rejected(kwargs: dict[str, object]) -> None:

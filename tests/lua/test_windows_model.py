@@ -54,17 +54,15 @@ class Window:
             start = now // self.bucket * self.bucket
             self.buckets[start] = self.buckets.get(start, 0) + cost
 
-    def frees_at(self, now: int, need: int, limit: int) -> int:
+    def frees_at(self, now: int, limit: int) -> int | None:
+        """The first bucket exit after which the window is below its limit: what a full
+        window's 429, /v1/usage and the dashboard all name."""
         used, freed = self.used(now), 0
         for start, amount in sorted(self.live(now).items()):
             freed += amount
-            if used - freed + need <= limit:
+            if used - freed < limit:
                 return start + self.length + self.bucket
-        raise AssertionError("an estimate clamped to the limit always fits an empty window")
-
-    def resets_at(self, now: int) -> int | None:
-        live = self.live(now)
-        return min(live) + self.length + self.bucket if live else None
+        return None
 
 
 @dataclass
@@ -77,18 +75,25 @@ class Model:
         return {r: mc for r, (mc, expiry) in self.reservations.items() if expiry > now}
 
     def admit(self, now: int, request_id: str, estimate: int) -> tuple[str, int | None]:
+        """Refuse only a full window (naming when it frees, the later of two) or one whose
+        rest is all held in flight; otherwise reserve the estimate, or the rest if smaller."""
         live = self.live_reservations(now)
         if len(live) >= CONCURRENCY:
             return "concurrency", None
         windows = ((self.w5, LIMIT_5H, "5h"), (self.w7, LIMIT_7D, "7d"))
-        for window, limit, scope in windows:
-            need = min(estimate, limit)
-            if window.used(now) + need > limit:
-                return scope, window.frees_at(now, need, limit)
-        for window, limit, _ in windows:
-            if window.used(now) + sum(live.values()) + min(estimate, limit) > limit:
-                return "reserved", None
-        self.reservations[request_id] = (estimate, now + TTL)
+        full = [
+            (window.frees_at(now, limit) or 0, scope)
+            for window, limit, scope in windows
+            if window.used(now) >= limit
+        ]
+        if full:
+            frees, scope = max(full, key=lambda f: (f[0], f[1] == "5h"))
+            return scope, frees
+        held = sum(live.values())
+        rests = [limit - window.used(now) - held for window, limit, _ in windows]
+        if min(rests) <= 0:
+            return "in_flight", None
+        self.reservations[request_id] = (min(estimate, *rests), now + TTL)
         return "ok", None
 
     def settle(self, now: int, request_id: str, cost: int) -> None:
@@ -162,6 +167,7 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
                 return "refused"
             assert expected == "ok"
             now = self.clock.now
+            assert admission.reserved_mc == self.model.reservations[request_id][0]
             assert admission.used_5h_mc == self.model.w5.used(now)
             assert admission.used_7d_mc == self.model.w7.used(now)
             assert admission.account_reserved_mc == sum(self.model.live_reservations(now).values())
@@ -202,8 +208,8 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
                 m.w7.used(now),
             )
             assert (view.five_hour.resets_at_ms, view.seven_day.resets_at_ms) == (
-                m.w5.resets_at(now),
-                m.w7.resets_at(now),
+                m.w5.frees_at(now, LIMIT_5H),
+                m.w7.frees_at(now, LIMIT_7D),
             )
             live = m.live_reservations(now)
             assert (view.five_hour.reserved_mc, view.in_flight) == (sum(live.values()), len(live))
