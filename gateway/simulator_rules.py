@@ -82,8 +82,17 @@ def check_messages_request(req: dict[str, Any], *, counting: bool = False) -> No
         _check_max_tokens(req["max_tokens"])
     _check_sampling(req)
     _check_system(req.get("system"))
-    _check_messages(req["messages"])
-    _check_thinking(req.get("thinking"), None if counting else req["max_tokens"])
+    turns = _check_messages(req["messages"])
+    thinking = req.get("thinking")
+    _check_thinking(thinking, None if counting else req["max_tokens"])
+    thinking_on = isinstance(thinking, dict) and thinking["type"] in ("enabled", "adaptive")
+    if thinking_on:
+        _check_thinking_compat(req)
+    _check_thinking_blocks(turns, thinking_on)
+    if not req.get("tools") and any(
+            b["type"] in ("tool_use", "tool_result") for _, blocks in turns for _, _, b in blocks):
+        raise _bad("Requests which include `tool_use` or `tool_result` blocks must define "
+                   "tools.")
     info = catalog().by_id.get(model)
     if info is None:
         raise Rejected(404, "not_found_error", f"model: {model}")
@@ -195,14 +204,19 @@ def _check_tool_result(block: Mapping[str, Any], where: str) -> None:
                 _check_text(part, f"{where}.content.{k}")
 
 
-def _check_messages(messages: Any) -> None:
+_Turns = list[tuple[str, list[tuple[int, int, dict[str, Any]]]]]
+
+
+def _check_messages(messages: Any) -> _Turns:
+    """Checks each message and the tool pairing; returns the turns (runs of one role, which
+    the API merges) as (role, [(message index, block index, block)])."""
     if not isinstance(messages, list):
         raise _bad("messages: Input should be a valid list")
     if not messages:
         raise _bad("messages: at least one message is required")
     last = len(messages) - 1
     # Turns: runs of same-role messages, which the API merges into one turn.
-    turns: list[tuple[str, list[tuple[int, int, dict[str, Any]]]]] = []
+    turns: _Turns = []
     for i, message in enumerate(messages):
         where = f"messages.{i}"
         if not isinstance(message, dict):
@@ -233,9 +247,10 @@ def _check_messages(messages: Any) -> None:
         else:
             turns.append((role, [(i, j, b) for j, b in enumerate(blocks)]))
     _check_tool_pairs(turns)
+    return turns
 
 
-def _check_tool_pairs(turns: list[tuple[str, list[tuple[int, int, dict[str, Any]]]]]) -> None:
+def _check_tool_pairs(turns: _Turns) -> None:
     """Each assistant `tool_use` is answered by a `tool_result` that opens the next user turn,
     and each `tool_result` answers a `tool_use` of the assistant turn just before it."""
     for t, (role, blocks) in enumerate(turns):
@@ -265,3 +280,64 @@ def _check_tool_pairs(turns: list[tuple[str, list[tuple[int, int, dict[str, Any]
                        f"blocks immediately after: {', '.join(missing)}. Each `tool_use` "
                        "block must have a corresponding `tool_result` block in the next "
                        "message.")
+
+
+_THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+_THOUGHT = ("thinking", "redacted_thinking")
+
+
+def _check_thinking_compat(req: Mapping[str, Any]) -> None:
+    """What thinking cannot be combined with: sampling changes and forced tool use."""
+    considerations = f"Please consult our documentation at {_THINKING_DOCS}" \
+        "#important-considerations-when-using-extended-thinking"
+    temperature = req.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise _bad(f"`temperature` may only be set to 1 when thinking is enabled. {considerations}")
+    top_p = req.get("top_p")
+    if top_p is not None and top_p < 0.95:
+        raise _bad("`top_p` must be greater than or equal to 0.95 or unset when thinking is "
+                   f"enabled. {considerations}")
+    if req.get("top_k") is not None:
+        raise _bad(f"`top_k` must be unset when thinking is enabled. {considerations}")
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise _bad("Thinking may not be enabled when tool_choice forces tool use.")
+
+
+def _check_thinking_blocks(turns: _Turns, thinking_on: bool) -> None:
+    """Where thinking blocks must, and must not, stand in the history."""
+    first_of: dict[int, dict[str, Any]] = {}
+    for role, blocks in turns:
+        if role != "assistant":
+            continue
+        for i, _, block in blocks:
+            first_of.setdefault(i, block)
+            if block["type"] in _THOUGHT and first_of[i]["type"] not in _THOUGHT:
+                raise _bad(f"messages.{i}.content.0: If an assistant message contains any "
+                           "thinking blocks, the first block must be thinking or "
+                           f"redacted_thinking. Found {first_of[i]['type']}.")
+        if blocks and blocks[-1][2]["type"] in _THOUGHT:
+            raise _bad(f"messages.{blocks[-1][0]}: The final block in an assistant message "
+                       "cannot be `thinking`.")
+    role, blocks = turns[-1]
+    if role == "assistant" and not thinking_on:
+        for i, j, block in blocks:
+            if block["type"] in _THOUGHT:
+                raise _bad(f"messages.{i}.content.{j}: When thinking is disabled, an "
+                           "`assistant` message in the final position cannot contain "
+                           "`thinking`. To use thinking blocks, enable `thinking` in your "
+                           "request.")
+    # Mid tool loop (the last user turn opens with tool results), the assistant turn that
+    # asked for the tools must open with its thinking.
+    if not thinking_on or role != "user" or len(turns) < 2:
+        return
+    if not blocks or blocks[0][2]["type"] != "tool_result":
+        return
+    i, _, first = turns[-2][1][0]
+    if first["type"] not in _THOUGHT:
+        raise _bad(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+                   f"but found `{first['type']}`. When `thinking` is enabled, a final "
+                   "`assistant` message must start with a thinking block (preceeding the "
+                   "lastmost set of `tool_use` and `tool_result` blocks). We recommend you "
+                   "include thinking blocks from previous turns. To avoid this requirement, "
+                   f"disable `thinking`. Please consult our documentation at {_THINKING_DOCS}")

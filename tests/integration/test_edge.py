@@ -178,7 +178,7 @@ async def test_a_non_streamed_answer_may_take_longer_than_the_stream_idle_timeou
     customer = await new_customer(valkey_url)
     body = {"model": MODEL, "max_tokens": 64, "messages": MESSAGES}
     # ~2 s before the simulator answers: past the 1 s idle timeout, inside the 3 s one.
-    slow = {"x-api-key": customer.key, "x-sim-chunks": "8", "x-sim-chunk-delay-ms": "250"}
+    slow = {"x-api-key": customer.key, "x-sim-ttft-ms": "2000", "x-sim-event-delay-ms": "0"}
     resp = await _asend(url, "POST", "/v1/messages", body, slow)
     assert resp.status_code == 200, resp.text
     assert orjson.loads(resp.content)["type"] == "message"

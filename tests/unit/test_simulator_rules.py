@@ -11,7 +11,9 @@ from gateway.catalog import load_catalog
 from gateway.simulator_rules import Rejected, check_messages_request
 
 USER = {"role": "user", "content": "Hello there"}
-BASE: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 4096, "messages": [USER]}
+TOOL = {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}
+BASE: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 4096, "messages": [USER],
+                        "tools": [TOOL]}
 
 
 def _tool_use(tid: str = "toolu_1") -> dict[str, Any]:
@@ -108,6 +110,40 @@ REFUSED = {
     "temperature together with top_p": (
         _with(temperature=0.5, top_p=0.9),
         "`temperature` and `top_p` cannot both be specified"),
+    "thinking with a non-default temperature": (
+        _with(thinking={"type": "enabled", "budget_tokens": 1024}, temperature=0.2),
+        "`temperature` may only be set to 1 when thinking is enabled"),
+    "thinking with top_k": (
+        _with(thinking={"type": "adaptive"}, top_k=5), "`top_k` must be unset"),
+    "thinking with forced tool use": (
+        _with(thinking={"type": "adaptive"}, tool_choice={"type": "any"}),
+        "Thinking may not be enabled when tool_choice forces tool use."),
+    "thinking mid tool loop without the signed thinking block": (
+        _msgs(USER, {"role": "assistant", "content": [{"type": "text", "text": "Checking."},
+                                                      _tool_use()]},
+              {"role": "user", "content": [_tool_result()]}) | {"thinking": {"type": "adaptive"}},
+        "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        "`text`. When `thinking` is enabled, a final `assistant` message must start with a "
+        "thinking block"),
+    "thinking block after text in one assistant message": (
+        _msgs(USER, {"role": "assistant", "content": [
+            {"type": "text", "text": "Hi."}, {"type": "thinking", "thinking": "t",
+                                              "signature": "s"}]}, USER),
+        "messages.1.content.0: If an assistant message contains any thinking blocks, the "
+        "first block must be thinking or redacted_thinking. Found text."),
+    "assistant turn ending in thinking": (
+        _msgs(USER, {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": "s"}]}, USER),
+        "messages.1: The final block in an assistant message cannot be `thinking`."),
+    "final assistant thinking while thinking is off": (
+        _msgs(USER, {"role": "assistant", "content": [
+            {"type": "redacted_thinking", "data": "x"}, {"type": "text", "text": "So"}]}),
+        "messages.1.content.0: When thinking is disabled, an `assistant` message in the final "
+        "position cannot contain `thinking`"),
+    "tool blocks without tools defined": (
+        {**_msgs(USER, {"role": "assistant", "content": [_tool_use()]},
+                 {"role": "user", "content": [_tool_result()]}), "tools": []},
+        "Requests which include `tool_use` or `tool_result` blocks must define tools."),
     "system block with empty text": (
         _with(system=[{"type": "text", "text": ""}]), "system: text content blocks must be"),
     "system block with blank text": (
@@ -155,6 +191,20 @@ ACCEPTED = {
     "temperature one": _with(temperature=1.0),
     "top_p alone": _with(top_p=0.9),
     "system as a string": _with(system=""),
+    "thinking at temperature 1": _with(thinking={"type": "adaptive"}, temperature=1),
+    "thinking mid tool loop with its signed thinking first": _msgs(
+        USER, {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": "s"}, _tool_use()]},
+        {"role": "user", "content": [_tool_result()]}) | {"thinking": {"type": "adaptive"}},
+    "thinking on after a finished tool loop without thinking": _msgs(
+        USER, {"role": "assistant", "content": [_tool_use()]},
+        {"role": "user", "content": [_tool_result()]},
+        {"role": "assistant", "content": "Sunny."}, USER) | {"thinking": {"type": "adaptive"}},
+    "earlier thinking kept while thinking is off": _msgs(
+        USER, {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": "s"},
+            {"type": "text", "text": "Hi."}]}, USER),
+    "forced tool use without thinking": _with(tool_choice={"type": "any"}),
     "alias at its model's output limit": _with(model="claude-sonnet-4-5", max_tokens=64000),
     "Claude Code's default model and max_tokens": _with(model="claude-opus-5-5",
                                                         max_tokens=128000),
