@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,30 +16,33 @@ import pytest
 import valkey
 
 from gateway.catalog import load_catalog
-from gateway.keyspace import AccountKeys
 from gateway.plans import Plan
 from gateway.translate.openai_responses import responses_request_to_anthropic
 from gateway.usage import estimate_mc
+from tests.integration.clients import RUN_HEADER, billed, find_cli, needs, new_run, sim_requests
 from tests.integration.conftest import Customer, Stack, new_customer
 
-CODEX = shutil.which("codex")
+CODEX = find_cli("codex", "codex")
 MODEL = "claude-sonnet-4-6"
 
 pytestmark = [
     pytest.mark.cli_client,
-    pytest.mark.skipif(
-        CODEX is None, reason="the codex CLI is not installed (npm install -g @openai/codex)"
-    ),
+    needs(CODEX, "codex (Codex CLI)", "codex"),
 ]
 
 
-def codex_home(tmp_path: Path, stack: Stack, extra: str = "") -> Path:
-    """The README's provider block; retries off so a broken stream fails the test."""
+def codex_home(
+    tmp_path: Path, stack: Stack, extra: str = "", headers: dict[str, str] | None = None
+) -> Path:
+    """The README's provider block; retries off so a broken stream fails the test; commands
+    the model asks for run in a read-only sandbox; no plugin sync (it would call GitHub)."""
     home = tmp_path / "codex-home"
     home.mkdir()
+    sent = ", ".join(f'"{k}" = "{v}"' for k, v in (headers or {}).items())
     (home / "config.toml").write_text(
         f'model = "{MODEL}"\n'
         'model_provider = "antex"\n'
+        'sandbox_mode = "read-only"\n'
         f"{extra}\n"
         "[model_providers.antex]\n"
         'name = "Antex"\n'
@@ -50,6 +51,9 @@ def codex_home(tmp_path: Path, stack: Stack, extra: str = "") -> Path:
         'wire_api = "responses"\n'
         "request_max_retries = 0\n"
         "stream_max_retries = 0\n"
+        f"http_headers = {{ {sent} }}\n"
+        "[features]\n"
+        "plugins = false\n"
     )
     return home
 
@@ -76,6 +80,19 @@ def events(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def ok(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """The run's JSON events, after checking it succeeded (its own error events otherwise)."""
+    stream = events(done)
+    errors = [e for e in stream if e["type"] in ("error", "turn.failed")]
+    assert done.returncode == 0 and not errors, (errors, done.stderr[-2000:])
+    return stream
+
+
+def agent_messages(stream: list[dict[str, Any]]) -> list[str]:
+    return [e["item"]["text"] for e in stream
+            if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"]  # fmt: skip
+
+
 def rollout(home: Path) -> list[dict[str, Any]]:
     """The history items Codex recorded for its newest session (its own transcript)."""
     newest = max((home / "sessions").rglob("rollout-*.jsonl"), key=lambda p: p.stat().st_mtime)
@@ -83,30 +100,36 @@ def rollout(home: Path) -> list[dict[str, Any]]:
     return [r["payload"] for r in records if r.get("type") == "response_item"]
 
 
-def settled(client: valkey.Valkey, customer: Customer, count: int) -> list[dict[str, str]]:
-    key = AccountKeys(customer.account_id).log
-    deadline = time.monotonic() + 10
-    while True:
-        entries = [fields for _, fields in client.xrange(key)]
-        if len(entries) >= count or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.02)
+def test_codex_exec_answers_a_turn(
+    stack: Stack, customer: Customer, tmp_path: Path, sync_valkey: valkey.Valkey
+) -> None:
+    """Codex offers tools on every request, so the simulator calls the first one (a shell
+    command named "sim", in the read-only sandbox) before it answers with text."""
+    run = new_run()
+    home = codex_home(tmp_path, stack, headers={RUN_HEADER: run})
+    stream = ok(codex(home, customer.key, "Say hello"))
+    messages = agent_messages(stream)
+    assert messages and all("simulated" in m for m in messages)
+    assert [e["type"] for e in stream][-1] == "turn.completed"
+    sent = sim_requests(stack, run)
+    entries = billed(sync_valkey, customer, len(sent))
+    assert sent and len(entries) == len(sent)
+    assert {(e["route"], e["status"]) for e in entries} == {("responses", "200")}
+    assert all(int(e["credits_mc"]) > 0 for e in entries)
 
 
 def test_codex_exec_completes_a_turn_with_a_tool_call_loop(
     stack: Stack, customer: Customer, tmp_path: Path, sync_valkey: valkey.Valkey
 ) -> None:
-    home = codex_home(tmp_path, stack)
-    done = codex(home, customer.key, "List the files in this directory")
-    assert done.returncode == 0, done.stderr[-3000:]
-    stream = events(done)
-    messages = [e["item"]["text"] for e in stream
-                if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"]
+    run = new_run()
+    home = codex_home(tmp_path, stack, headers={RUN_HEADER: run, "x-sim-tool": "exec_command"})
+    stream = ok(codex(home, customer.key, "List the files in this directory"))
+    messages = agent_messages(stream)
     assert messages and all("simulated" in m for m in messages)
     (usage,) = [e["usage"] for e in stream if e["type"] == "turn.completed"]
 
-    # The simulator calls the first declared tool (exec_command); Codex runs its handler and
-    # sends the output back in the next request, which the simulator answers with text.
+    # Codex runs its exec_command handler and sends the output back in the next request,
+    # which the simulator answers with text.
     items = rollout(home)
     calls = [i for i in items if i["type"] == "function_call"]
     assert calls and calls[0]["name"] == "exec_command"
@@ -114,10 +137,13 @@ def test_codex_exec_completes_a_turn_with_a_tool_call_loop(
     assert [o["call_id"] for o in outputs] == [c["call_id"] for c in calls]
     last = items[-1]
     assert last["type"] == "message" and last["role"] == "assistant"
+    sent = sim_requests(stack, run)
+    assert len(sent) == len(calls) + 1
+    assert sent[-1]["body_length"] > sent[0]["body_length"]  # it carries the tool output
 
     # Every request of the turn was admitted, streamed and billed on the Responses route, and
     # the usage Codex shows is exactly what the upstream reported.
-    entries = settled(sync_valkey, customer, len(calls) + 1)
+    entries = billed(sync_valkey, customer, len(calls) + 1)
     assert len(entries) == len(calls) + 1
     assert {(e["route"], e["status"], e["stream"]) for e in entries} == {("responses", "200", "1")}
     assert usage["output_tokens"] == sum(int(e["output_tokens"]) for e in entries)
@@ -127,20 +153,44 @@ def test_codex_exec_completes_a_turn_with_a_tool_call_loop(
     )  # fmt: skip
 
 
+def test_codex_receives_a_long_streamed_answer_whole(
+    stack: Stack, customer: Customer, tmp_path: Path, sync_valkey: valkey.Valkey
+) -> None:
+    """Codex streams every request; a long answer in many paced events arrives complete."""
+    steer = {"x-sim-output-tokens": "400", "x-sim-chunks": "40"}
+    # The same answer, whole: the simulator's text depends only on these headers.
+    whole = httpx.post(
+        f"{stack.url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30,
+        headers={"authorization": f"Bearer {customer.key}", **steer},
+    )  # fmt: skip
+    assert whole.status_code == 200, whole.text
+    (expected,) = [c["text"] for o in whole.json()["output"] if o["type"] == "message"
+                   for c in o["content"]]  # fmt: skip
+
+    run = new_run()
+    home = codex_home(tmp_path, stack, headers={RUN_HEADER: run, **steer})
+    stream = ok(codex(home, customer.key, "Write a long answer"))
+    assert agent_messages(stream)[-1] == expected
+    sent = sim_requests(stack, run)
+    entries = billed(sync_valkey, customer, 1 + len(sent))
+    assert sent and len(entries) == 1 + len(sent)
+    assert [(e["stream"], e["disconnected"], e["status"]) for e in entries[1:]] == [
+        ("1", "0", "200")
+    ] * len(sent)
+
+
 def test_codex_reasoning_turn_resumes_with_its_history(
     stack: Stack, customer: Customer, tmp_path: Path
 ) -> None:
     home = codex_home(tmp_path, stack, 'model_reasoning_effort = "low"')
-    first = codex(home, customer.key, "Say hello")
-    assert first.returncode == 0, first.stderr[-3000:]
-    kinds = [e["item"]["type"] for e in events(first) if e["type"] == "item.completed"]
+    first = ok(codex(home, customer.key, "Say hello"))
+    kinds = [e["item"]["type"] for e in first if e["type"] == "item.completed"]
     assert "reasoning" in kinds and "agent_message" in kinds
     reasoning = [i for i in rollout(home) if i["type"] == "reasoning"]
     assert reasoning and all(r["encrypted_content"].startswith("antex1:") for r in reasoning)
     # The next turn resends the reasoning, the tool call and its output: all must replay.
-    again = codex(home, customer.key, "resume", "--last", "And again")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert any(e["type"] == "turn.completed" for e in events(again))
+    again = ok(codex(home, customer.key, "resume", "--last", "And again"))
+    assert any(e["type"] == "turn.completed" for e in again)
 
 
 async def test_codex_window_refusal_is_shown_with_its_window(
@@ -162,7 +212,7 @@ async def test_codex_window_refusal_is_shown_with_its_window(
             headers={"authorization": f"Bearer {customer.key}", "x-sim-output-tokens": "4000"},
         )  # fmt: skip
     assert spent.status_code == 200
-    await asyncio.to_thread(settled, sync_valkey, customer, 1)
+    await asyncio.to_thread(billed, sync_valkey, customer, 1)
     home = codex_home(tmp_path, stack)
     done = await asyncio.to_thread(codex, home, customer.key, "Say hello")
     assert done.returncode != 0
