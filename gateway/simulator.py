@@ -198,7 +198,9 @@ def _parse_body(body: bytes, *, counting: bool = False) -> dict[str, Any]:
 
 def _wants_tool(req: dict[str, Any], chosen: str | None) -> dict[str, Any] | None:
     """The tool to call (`chosen` names it, else the first offered), or None for plain text."""
-    tools, choice, last = req.get("tools"), req.get("tool_choice"), req["messages"][-1]
+    tools, choice = req.get("tools"), req.get("tool_choice")
+    # The conversation's last turn: system messages may follow it (they hold no results).
+    last = next(m for m in reversed(req["messages"]) if m.get("role") != "system")
     if not isinstance(tools, list) or (isinstance(choice, dict) and choice.get("type") == "none"):
         return None
     content = last.get("content") if isinstance(last, dict) else None

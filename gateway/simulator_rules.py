@@ -216,6 +216,20 @@ def _check_tool_result(block: Mapping[str, Any], where: str) -> None:
 _Turns = list[tuple[str, list[tuple[int, int, dict[str, Any]]]]]
 
 
+def _check_system_message(message: Mapping[str, Any], where: str) -> None:
+    content = message.get("content")
+    if isinstance(content, str):
+        if not content.strip():
+            raise _bad(f"{where}.content: {_NOT_BLANK}")
+        return
+    if not isinstance(content, list) or not content:
+        raise _bad(f"{where}.content: Input should be a valid string or a list of text blocks")
+    for j, block in enumerate(content):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _bad(f"{where}.content.{j}.type: Input should be 'text'")
+        _check_text(block, f"{where}.content.{j}")
+
+
 def _check_messages(messages: Any) -> _Turns:
     """Checks each message and the tool pairing; returns the turns (runs of one role, which
     the API merges) as (role, [(message index, block index, block)])."""
@@ -231,8 +245,13 @@ def _check_messages(messages: Any) -> _Turns:
         if not isinstance(message, dict):
             raise _bad(f"{where}: Input should be a valid dictionary")
         role = message.get("role")
+        if role == "system":
+            # Mid-conversation system messages (the SDK's SystemMessageParam: text only, as
+            # Claude Code sends after a user turn); they take no part in the turn order.
+            _check_system_message(message, where)
+            continue
         if role not in _ROLES:
-            raise _bad(f"{where}.role: Input should be 'user' or 'assistant'")
+            raise _bad(f"{where}.role: Input should be 'user', 'assistant' or 'system'")
         if "content" not in message:
             raise _bad(f"{where}.content: Field required")
         content = message["content"]
@@ -257,6 +276,8 @@ def _check_messages(messages: Any) -> _Turns:
             turns[-1][1].extend((i, j, b) for j, b in enumerate(blocks))
         else:
             turns.append((role, [(i, j, b) for j, b in enumerate(blocks)]))
+    if not turns:
+        raise _bad("messages: at least one user or assistant message is required")
     _check_tool_pairs(turns)
     return turns
 

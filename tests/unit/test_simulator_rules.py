@@ -97,8 +97,8 @@ REFUSED = {
         _msgs({"role": "user", "content": [{"type": "txt", "text": "hi"}]}),
         "messages.0.content.0: Input tag 'txt' found using 'type' does not match"),
     "unknown role": (
-        _msgs({"role": "system", "content": "be brief"}, USER),
-        "messages.0.role: Input should be 'user' or 'assistant'"),
+        _msgs({"role": "tool", "content": "be brief"}, USER),
+        "messages.0.role: Input should be 'user', 'assistant' or 'system'"),
     "empty messages": (_with(messages=[]), "messages: at least one message is required"),
     "max_tokens above the model's output limit": (
         _with(model="claude-sonnet-4-5", max_tokens=64001),
@@ -237,3 +237,15 @@ def test_counting_needs_no_max_tokens_but_checks_the_rest() -> None:
     blank = {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]}
     assert "must be non-empty" in _refusal(blank, counting=True).message
     assert _refusal({**body, "model": "gpt-4o"}, counting=True).status == 404
+
+
+def test_system_messages_in_the_list_are_accepted_as_text() -> None:
+    """The SDK's SystemMessageParam; Claude Code 2.1.332 sends one after the user turn."""
+    system = {"role": "system", "content": "Be brief."}
+    check_messages_request(_msgs(USER, system))
+    check_messages_request(_msgs(USER, {"role": "system",
+                                        "content": [{"type": "text", "text": "Be brief."}]}))
+    assert "non-whitespace" in _refusal(_msgs(USER, {"role": "system", "content": " "})).message
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.test/a.png"}}
+    assert "'text'" in _refusal(_msgs(USER, {"role": "system", "content": [image]})).message
+    assert "at least one" in _refusal(_msgs(system)).message
