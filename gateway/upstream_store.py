@@ -187,11 +187,15 @@ async def set_enabled(
 
 
 async def set_weight(client: Any, upstream_id: str, weight: int) -> None:
+    if upstream_id == ENV_ID:
+        raise InvalidRequest("env always has weight 1")
     await client.hset(record_key(upstream_id), "weight", str(check_weight(weight)))
     await publish(client, {"t": "reload"})
 
 
 async def remove_upstream(client: Any, upstream_id: str) -> None:
+    if upstream_id == ENV_ID:
+        raise InvalidRequest("env is ANTEX_UPSTREAM_URL/ANTEX_UPSTREAM_KEY: unset them instead")
     pipe = client.pipeline(transaction=False)
     pipe.delete(record_key(upstream_id))
     pipe.srem(IDS, upstream_id)
@@ -228,3 +232,61 @@ async def health_reports(client: Any) -> dict[str, dict[str, Any]]:
         if isinstance(report, dict):
             out[_text(k)] = report
     return out
+
+
+async def resolve(client: Any, ref: str) -> str:
+    """An upstream id from an id or name; ``env`` is the environment's upstream."""
+    if ref == ENV_ID:
+        return ENV_ID
+    return (await find_record(client, ref)).id
+
+
+async def enable(client: Any, ref: str, enabled: bool, *, now_ms: int) -> str:
+    """Operator switch; every worker applies it within milliseconds (pub/sub)."""
+    upstream_id = await resolve(client, ref)
+    await set_enabled(client, upstream_id, enabled, now_ms=now_ms)
+    if not enabled:
+        why = "disabled by the operator"
+        await publish(client, {"t": "disable", "id": upstream_id, "why": why})
+    await publish(client, {"t": "reload"})
+    return upstream_id
+
+
+async def views(client: Any, now_ms: int) -> list[dict[str, Any]]:
+    """Every upstream as operators see it: configuration, the fingerprint of its key, and
+    health (state, headroom) from the workers' last reports. Never a key."""
+    records = await list_records(client)
+    health = await health_reports(client)
+    cools = await cooldowns(client, now_ms)
+    env = await env_override(client)
+    out: list[dict[str, Any]] = []
+    if ENV_ID in health or env is not None:
+        out.append({
+            "id": ENV_ID, "name": ENV_ID, "url": None, "weight": 1,
+            "enabled": env.enabled if env is not None else True, "models": [],
+            "max_concurrent": None, "key_fingerprint": None, "created_ms": None,
+            "disabled_reason": (env.disabled_reason or None) if env is not None else None,
+            "disabled_ms": (env.disabled_ms or None) if env is not None else None,
+        })  # fmt: skip
+    out += [r.view() for r in records]
+    for view in out:
+        report = health.get(view["id"], {})
+        cooling = [until for field, until in cools.items() if field.split("|")[0] == view["id"]]
+        state = report.get("state") or "unknown"
+        if not view["enabled"]:
+            state = "disabled"
+        elif state in ("cooling", "circuit_open") and not cooling:
+            state = "ready"  # the report is older than the cooldown's end
+        view["state"] = state
+        view["headroom"] = report.get("headroom")
+        view["cooling_until_ms"] = max(cooling) if cooling else None
+        view["reported_ms"] = report.get("at_ms")
+    return out
+
+
+async def view_of(client: Any, ref: str, now_ms: int) -> dict[str, Any]:
+    upstream_id = await resolve(client, ref)
+    for view in await views(client, now_ms):
+        if view["id"] == upstream_id:
+            return view
+    raise NotFound(f"upstream: {ref}")
