@@ -214,7 +214,10 @@ class PoolView:
         if m is None:
             return
         kind = event.get("t")
-        if kind == "disable":
+        if kind == "reset":  # the operator enabled it: forget its cooldowns and failures
+            m.cool_until, m.model_cool, m.fails = 0.0, {}, 0
+            m.half_open = m.probing = False
+        elif kind == "disable":
             m.enabled = False
             m.disabled_reason = str(event.get("why") or "disabled")
         elif kind == "cool":

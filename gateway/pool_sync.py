@@ -169,6 +169,9 @@ class PoolSync:
         else:
             self.view.apply(event)
             if event.get("t") == "disable":
+                member = self.view.by_id(str(event.get("id")))
+                log.warning("upstream %s out of this worker's pool: %s",
+                            member.name if member else "?", event.get("why"))  # fmt: skip
                 self._gauges()
 
     def _gauges(self) -> None:

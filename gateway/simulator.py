@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -301,12 +301,15 @@ class _KeyState:
     """One simulated upstream key: its fault switch and the usage it reported."""
 
     fault: str | None = None
+    attempts: int = 0  # every request presenting the key, faults included
     requests: int = 0
     refused: int = 0  # 429s for its rate limits
     input_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
     output_tokens: int = 0
+    # x-sim-conversation tags it served: lets a test see which key a conversation used.
+    conversations: set[str] = field(default_factory=set)
 
     def count(self, usage: dict[str, Any]) -> None:
         self.requests += 1
@@ -403,7 +406,10 @@ class Simulator:
                             "headers": pairs, "body_length": len(body)})
         required = self.settings.require_key
         state = self.keys.get(key)
-        fault = state.fault if state is not None else None
+        fault = None
+        if state is not None:
+            state.attempts += 1
+            fault = state.fault
         if fault == "stall":  # accepts the request, then never answers
             await proto.client_disconnect()
         elif (required and key != required) or fault == "revoked" or (
@@ -480,11 +486,13 @@ class Simulator:
         for key, state in self.keys.items():
             limits = self.limiter.limits_for(key)
             out[key] = {"rpm": limits.rpm, "itpm": limits.itpm, "otpm": limits.otpm,
-                        "fault": state.fault, "requests": state.requests,
+                        "fault": state.fault, "attempts": state.attempts,
+                        "requests": state.requests,
                         "refused": state.refused, "input_tokens": state.input_tokens,
                         "cache_read_input_tokens": state.cache_read_input_tokens,
                         "cache_creation_input_tokens": state.cache_creation_input_tokens,
-                        "output_tokens": state.output_tokens}
+                        "output_tokens": state.output_tokens,
+                        "conversations": sorted(state.conversations)}
         return out
 
     def _list_models(self, proto: HTTPProtocol, head: list[tuple[str, str]], query: str) -> None:
@@ -580,6 +588,9 @@ class Simulator:
                                    [("retry-after", str(verdict.retry_after))])
             if state is not None:
                 state.count(u)
+                tag = headers.get("x-sim-conversation")
+                if tag:
+                    state.conversations.add(tag)
             if req.get("stream"):
                 finished = await self._stream(proto, head, plan, fault, pacing)
             else:

@@ -245,7 +245,9 @@ async def enable(client: Any, ref: str, enabled: bool, *, now_ms: int) -> str:
     """Operator switch; every worker applies it within milliseconds (pub/sub)."""
     upstream_id = await resolve(client, ref)
     await set_enabled(client, upstream_id, enabled, now_ms=now_ms)
-    if not enabled:
+    if enabled:
+        await publish(client, {"t": "reset", "id": upstream_id})
+    else:
         why = "disabled by the operator"
         await publish(client, {"t": "disable", "id": upstream_id, "why": why})
     await publish(client, {"t": "reload"})
