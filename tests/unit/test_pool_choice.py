@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,3 +121,13 @@ def test_when_every_upstream_cools_the_soonest_ready_comes_first() -> None:
     standings = [Standing(True, ready_at=30.0), Standing(True, ready_at=20.0),
                  Standing(False)]  # fmt: skip
     assert attempt_order([0, 1, 2], standings, 10.0, new_conversation=False) == [1, 0]
+
+
+def test_the_choice_and_the_pool_view_import_no_io_libraries() -> None:
+    code = (
+        "import sys, gateway.pool_choice, gateway.pool_state\n"
+        "io = ('valkey', 'aiohttp', 'blacksheep', 'granian', 'httpx', 'socket')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in io]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
