@@ -22,7 +22,7 @@ from tests.integration.ops_helpers import (
     send,
 )
 
-METHODS = ("get", "post", "put")
+METHODS = ("get", "post", "put", "delete")
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_every_admin_route_refuses_missing_wrong_and_customer_credentials(
     stack: Stack, customer: Customer
 ) -> None:
     ops = admin_operations()
-    assert len(ops) == 20
+    assert len(ops) == 27
     attempts = {
         "missing": {},
         "wrong": {"authorization": "Bearer antex_op_" + secrets.token_urlsafe(32)},
