@@ -214,9 +214,10 @@ class PoolView:
         if m is None:
             return
         kind = event.get("t")
-        if kind == "reset":  # the operator enabled it: forget its cooldowns and failures
+        if kind == "reset":  # the operator enabled it: forget what it signalled so far
             m.cool_until, m.model_cool, m.fails = 0.0, {}, 0
             m.half_open = m.probing = False
+            m.low_until, m.headroom = 0.0, 1.0
         elif kind == "disable":
             m.enabled = False
             m.disabled_reason = str(event.get("why") or "disabled")

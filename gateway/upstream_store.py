@@ -179,10 +179,13 @@ async def set_enabled(
     fields = {"id": upstream_id, "enabled": "1" if enabled else "0"}
     fields |= {"disabled_reason": "", "disabled_ms": ""} if enabled else {
         "disabled_reason": reason or "disabled by the operator", "disabled_ms": str(now_ms)}
+    cooling = [
+        f for f in map(_text, await client.hkeys(COOL)) if f.split("|")[0] == upstream_id
+    ] if enabled else []  # fmt: skip
     pipe = client.pipeline(transaction=False)
     pipe.hset(record_key(upstream_id), mapping=fields)
-    if enabled:
-        pipe.hdel(COOL, upstream_id)
+    if cooling:
+        pipe.hdel(COOL, *cooling)
     await pipe.execute()
 
 

@@ -323,6 +323,7 @@ def test_the_cli_lists_health_and_headroom(pool: Pool) -> None:
 
 
 def test_openai_routes_fail_over_alike(pool: Pool, customer: Customer) -> None:
+    pool.cli("upstream", "enable", "up-a")  # clears the rate-limit test's cooldown
     pool.sim_key("up-a", fault="overloaded")
     try:
         before = pool.metrics()
@@ -340,3 +341,30 @@ def test_openai_routes_fail_over_alike(pool: Pool, customer: Customer) -> None:
     assert delta(before, after, "antex_upstream_attempts_total", upstream="up-a",
                  status="529") >= 1  # fmt: skip
     assert delta(before, after, "antex_upstream_failovers_total", upstream="up-a") >= 1
+
+
+def test_the_admin_api_manages_upstreams_without_ever_showing_a_key(pool: Pool) -> None:
+    token = asyncio.run(operator_token(pool.valkey_url))
+    api = httpx.Client(base_url=pool.url, headers={"authorization": f"Bearer {token}"})
+    secret = f"sk-ant-admin-{uuid.uuid4().hex}"
+    with api:
+        made = api.post("/admin/upstreams", json={
+            "name": "spare", "url": pool.sim + "/", "key": secret, "weight": 2,
+            "models": [OPUS], "max_concurrent": 5})  # fmt: skip
+        assert made.status_code == 201, made.text
+        view = made.json()
+        assert secret not in made.text and view["key_fingerprint"].startswith("sha256:")
+        assert (view["url"], view["weight"], view["models"]) == (pool.sim, 2, [OPUS])
+        assert api.post("/admin/upstreams/spare/weight", json={"weight": 0}).status_code == 400
+        assert api.post("/admin/upstreams/spare/weight", json={"weight": 5}).json()["weight"] == 5
+        assert api.post("/admin/upstreams/spare/disable").json()["state"] == "disabled"
+        assert api.post("/admin/upstreams/spare/enable").json()["enabled"] is True
+        assert api.delete(f"/admin/upstreams/{view['id']}").json() == {
+            "id": view["id"], "removed": True}  # fmt: skip
+        assert api.get("/admin/upstreams/spare").status_code == 404
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway", "upstream", "add", "x", "--url", pool.sim],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+        env={**os.environ, "ANTEX_VALKEY_URL": pool.valkey_url, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert refused.returncode == 1 and "--key-stdin" in refused.stderr
