@@ -264,11 +264,13 @@ def upstream_disabled(name: str, reason: str) -> None:
 
 
 async def _discard(resp: aiohttp.ClientResponse) -> None:
-    """Reads a refused attempt's short error body so its connection can be reused."""
+    """Reads a refused attempt's short error body so its connection can be reused; one
+    that does not arrive at once costs the connection, not the request's time."""
     try:
-        await resp.read()
+        async with asyncio.timeout(1.0):
+            await resp.read()
     except (aiohttp.ClientError, TimeoutError):
-        pass
+        resp.close()
     finally:
         resp.release()
 

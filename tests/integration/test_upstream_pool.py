@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -37,7 +38,7 @@ from tests.integration.conftest import (
     new_customer,
     running,
 )
-from tests.integration.ops_helpers import operator_token
+from tests.integration.ops_helpers import Admin, operator_token
 
 NAMES = ("up-a", "up-b", "up-c")
 OPUS = "claude-opus-4-6"
@@ -345,23 +346,26 @@ def test_openai_routes_fail_over_alike(pool: Pool, customer: Customer) -> None:
 
 def test_the_admin_api_manages_upstreams_without_ever_showing_a_key(pool: Pool) -> None:
     token = asyncio.run(operator_token(pool.valkey_url))
-    api = httpx.Client(base_url=pool.url, headers={"authorization": f"Bearer {token}"})
+    api = Admin(SimpleNamespace(url=pool.url), token)  # type: ignore[arg-type]
     secret = f"sk-ant-admin-{uuid.uuid4().hex}"
-    with api:
-        made = api.post("/admin/upstreams", json={
+    try:
+        view = api.call("POST", "/admin/upstreams", {
             "name": "spare", "url": pool.sim + "/", "key": secret, "weight": 2,
-            "models": [OPUS], "max_concurrent": 5})  # fmt: skip
-        assert made.status_code == 201, made.text
-        view = made.json()
-        assert secret not in made.text and view["key_fingerprint"].startswith("sha256:")
+            "models": [OPUS], "max_concurrent": 5}, status=201)  # fmt: skip
+        assert secret not in orjson.dumps(view).decode()
+        assert view["key_fingerprint"].startswith("sha256:")
         assert (view["url"], view["weight"], view["models"]) == (pool.sim, 2, [OPUS])
-        assert api.post("/admin/upstreams/spare/weight", json={"weight": 0}).status_code == 400
-        assert api.post("/admin/upstreams/spare/weight", json={"weight": 5}).json()["weight"] == 5
-        assert api.post("/admin/upstreams/spare/disable").json()["state"] == "disabled"
-        assert api.post("/admin/upstreams/spare/enable").json()["enabled"] is True
-        assert api.delete(f"/admin/upstreams/{view['id']}").json() == {
-            "id": view["id"], "removed": True}  # fmt: skip
-        assert api.get("/admin/upstreams/spare").status_code == 404
+        api.call("POST", "/admin/upstreams/spare/weight", {"weight": 0}, status=400)
+        assert api.call("POST", "/admin/upstreams/spare/weight", {"weight": 5})["weight"] == 5
+        assert api.call("POST", "/admin/upstreams/spare/disable")["state"] == "disabled"
+        assert api.call("POST", "/admin/upstreams/spare/enable")["enabled"] is True
+        listed = api.call("GET", "/admin/upstreams")["data"]
+        assert "spare" in [u["name"] for u in listed]
+        gone = api.call("DELETE", f"/admin/upstreams/{view['id']}")
+        assert gone == {"id": view["id"], "removed": True}
+        api.call("GET", "/admin/upstreams/spare", status=404)
+    finally:
+        api.close()
     refused = subprocess.run(
         [sys.executable, "-m", "gateway", "upstream", "add", "x", "--url", pool.sim],
         cwd=ROOT, capture_output=True, text=True, check=False,
