@@ -154,9 +154,10 @@ class PoolView:
         """Records an upstream's answer; returns the event other workers must learn of."""
         if headers.get("anthropic-ratelimit-requests-remaining") is not None:
             self._headroom(m, headers, now)
+        m.probing = False  # a probe that got any answer is over
         if status < 400:
             m.fails = 0
-            m.half_open = m.probing = False
+            m.half_open = False
             return None
         policy = self.policy
         if status == 429:
@@ -173,7 +174,7 @@ class PoolView:
             return {"t": "disable", "id": m.id, "why": m.disabled_reason}
         if status in _BREAKER_STATUSES:
             return self.failed(m, now)
-        m.half_open = m.probing = False  # a client error says the upstream is alive
+        m.half_open = False  # a client error says the upstream is alive
         return None
 
     def failed(self, m: Member, now: float) -> dict[str, Any] | None:

@@ -191,6 +191,10 @@ class Upstream:
             member.in_flight += 1
             try:
                 resp = await self._attempt(member, path_qs, body, headers, stream)
+            except asyncio.CancelledError:
+                member.in_flight -= 1
+                member.probing = False
+                raise
             except UpstreamFailed as exc:
                 member.in_flight -= 1
                 self._signal(self.view.failed(member, time.time()))

@@ -111,3 +111,13 @@ def test_a_single_upstream_pool_still_filters_by_model_and_state() -> None:
     only.models = frozenset()
     assert view.order(b"", MODEL, new_conversation=True, now=0.0) == [only]
     assert "k0" not in repr(only)
+
+
+def test_a_probe_answered_with_a_429_leaves_the_circuit_half_open_for_the_next_probe() -> None:
+    view = pool(breaker_failures=1, breaker_open_s=10.0)
+    home = view.order(b"c", MODEL, new_conversation=False, now=0.0)[0]
+    view.failed(home, 0.0)
+    home.probing = True  # the probe after the circuit's 10 s
+    view.answered(home, 429, {"retry-after": "5"}, MODEL, 11.0)
+    assert home.half_open and not home.probing
+    assert first(view, b"c", 17.0) == home.id  # the next probe, once the 429 cooled
