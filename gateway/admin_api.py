@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from gateway import accounts, admin_tokens, audit, erasure, openapi
+from gateway import accounts, admin_tokens, audit, erasure, openapi, upstream_store
 from gateway.clock import make_clock
 from gateway.errors import (
     AuthenticationFailed,
@@ -26,6 +26,7 @@ from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
 from gateway.routes import json_response
 from gateway.scripts import fail_closed
+from gateway.secretbox import SecretBox, load_master_key
 
 if TYPE_CHECKING:
     from gateway.app import Resources
@@ -111,6 +112,7 @@ class AdminApi:
         self.default_plan = res.settings.default_plan
         # The limiter's clock (tests move it), so periods line up with what admit.lua sees.
         self.now = make_clock(res.settings.clock_file)
+        self.settings = res.settings
 
     async def authorize(self, request: Request) -> dict[str, Any]:
         """The operator token's metadata (name, scope), or 401."""
@@ -342,6 +344,51 @@ class AdminApi:
         )
 
 
+    # -- upstreams
+
+    async def list_upstreams(self, request: Request) -> Response:
+        return json_response(200, {"data": await upstream_store.views(self.valkey, self.now())})
+
+    async def add_upstream(self, request: Request) -> Response:
+        body = await json_body(request)
+        models = field(body, "models", list) or []
+        if not all(isinstance(m, str) and m for m in models):
+            raise InvalidRequest("models: must be a list of model ids", param="models")
+        box = SecretBox(load_master_key(self.settings.secret_key, self.settings.data_dir))
+        view = await self.acting(request).add_upstream(
+            box,
+            name=field(body, "name", str, required=True),
+            url=field(body, "url", str, required=True),
+            key=field(body, "key", str, required=True),
+            weight=field(body, "weight", int) or 1,
+            models=tuple(models),
+            max_concurrent=field(body, "max_concurrent", int),
+        )  # fmt: skip
+        # The answer names the key by its fingerprint only.
+        return json_response(201, view)
+
+    async def _upstream(self, upstream_id: str) -> Response:
+        view = await upstream_store.view_of(self.valkey, upstream_id, self.now())
+        return json_response(200, view)
+
+    async def show_upstream(self, request: Request, upstream: str) -> Response:
+        return await self._upstream(upstream)
+
+    async def remove_upstream(self, request: Request, upstream: str) -> Response:
+        upstream_id = await self.acting(request).remove_upstream(upstream)
+        return json_response(200, {"id": upstream_id, "removed": True})
+
+    async def enable_upstream(self, request: Request, upstream: str) -> Response:
+        return json_response(200, await self.acting(request).enable_upstream(upstream, True))
+
+    async def disable_upstream(self, request: Request, upstream: str) -> Response:
+        return json_response(200, await self.acting(request).enable_upstream(upstream, False))
+
+    async def upstream_weight(self, request: Request, upstream: str) -> Response:
+        weight = field(await json_body(request), "weight", int, required=True)
+        return json_response(200, await self.acting(request).set_upstream_weight(upstream, weight))
+
+
 def register(app: Application, res: Resources) -> None:
     """Adds every ``/admin`` route and ``GET /openapi.json`` to ``app``."""
     api = AdminApi(res)
@@ -371,6 +418,13 @@ def register(app: Application, res: Resources) -> None:
     r.add_get("/admin/deletion-requests", op(api.deletion_requests))
     r.add_get("/admin/plans", op(api.plans))
     r.add_put("/admin/plans/:name", op(api.put_plan))
+    r.add_get("/admin/upstreams", op(api.list_upstreams))
+    r.add_post("/admin/upstreams", op(api.add_upstream))
+    r.add_get("/admin/upstreams/:upstream", op(api.show_upstream))
+    r.add_delete("/admin/upstreams/:upstream", op(api.remove_upstream))
+    r.add_post("/admin/upstreams/:upstream/enable", op(api.enable_upstream))
+    r.add_post("/admin/upstreams/:upstream/disable", op(api.disable_upstream))
+    r.add_post("/admin/upstreams/:upstream/weight", op(api.upstream_weight))
 
     document = orjson.dumps(openapi.document())
 

@@ -23,6 +23,8 @@ from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.observability import Metrics, configure_logging
 from gateway.openai_routes import OpenAIRoutes
 from gateway.pipeline import Pipeline
+from gateway.pool_state import PoolView
+from gateway.pool_sync import PoolSync
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
 from gateway.scripts import Scripts
@@ -39,9 +41,12 @@ class Resources:
             settings.valkey_url or "", max_connections=512, health_check_interval=30
         )
         self.scripts = Scripts()
-        self.upstream = Upstream(settings)
         self.catalog = load_catalog(settings.models_file)
         self.metrics = Metrics()
+        self.upstream = Upstream(settings, PoolView(settings.pool_policy()))
+        self.pool = PoolSync(settings, self.valkey, self.upstream.view, self.metrics.pool)
+        self.upstream.metrics = self.metrics.pool
+        self.upstream.on_event = self.pool.share
         self.limiter = CreditLimiter(
             self.valkey,
             self.scripts,
@@ -78,8 +83,15 @@ class Resources:
         loop = asyncio.get_running_loop()
         # Cluster pub/sub is per shard; the admit script checks key status on every request
         # anyway, so on Cluster cached keys simply age out.
-        if not is_cluster(self.settings.valkey_url or ""):
+        cluster = is_cluster(self.settings.valkey_url or "")
+        if not cluster:
             self._tasks.append(loop.create_task(self._listen()))
+        try:
+            await self.pool.load()
+        except (OSError, avalkey.ValkeyError) as exc:
+            log.error("upstream pool not loaded (%s); retrying in the background", exc)
+        # On Cluster the pool has no pub/sub either: its resync carries the changes.
+        self._tasks.append(loop.create_task(self.pool.run(listen=not cluster)))
 
     async def _listen(self) -> None:
         while True:

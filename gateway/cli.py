@@ -18,7 +18,16 @@ from typing import Any
 import orjson
 import valkey.asyncio as avalkey
 
-from gateway import __version__, accounts, admin_tokens, audit, erasure, keyspace, snapshot
+from gateway import (
+    __version__,
+    accounts,
+    admin_tokens,
+    audit,
+    erasure,
+    keyspace,
+    snapshot,
+    upstream_store,
+)
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import signin
@@ -28,6 +37,7 @@ from gateway.limits import CreditLimiter, rfc3339
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
 from gateway.scripts import Scripts
+from gateway.secretbox import SecretBox, load_master_key
 from gateway.valkey_client import open_client
 
 Command = Callable[[avalkey.Valkey, argparse.Namespace, Settings], Awaitable[Any]]
@@ -577,6 +587,85 @@ async def _login_link(client: avalkey.Valkey, args: argparse.Namespace, s: Setti
     emit(args, {"link": link, "expires_in_s": signin.LINK_TTL_MS // 1000}, link)
 
 
+def _upstreams_text(views: list[dict[str, Any]]) -> str:
+    rows = [
+        {
+            **v,
+            "headroom": "-" if v["headroom"] is None else f"{v['headroom'] * 100:.0f}%",
+            "cooling": _at(v["cooling_until_ms"]),
+            "limit": v["max_concurrent"],
+        }
+        for v in views
+    ]
+    return table(
+        rows,
+        [
+            ("name", "NAME"),
+            ("id", "ID"),
+            ("state", "STATE"),
+            ("weight", "WEIGHT"),
+            ("headroom", "HEADROOM"),
+            ("cooling", "COOLING UNTIL"),
+            ("limit", "MAX CONC"),
+            ("models", "MODELS"),
+            ("url", "URL"),
+            ("key_fingerprint", "KEY"),
+            ("disabled_reason", "REASON"),
+        ],
+    )
+
+
+@command("upstream", "add")
+async def _upstream_add(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    if not args.key_stdin:
+        raise InvalidRequest("pass the upstream's API key on stdin with --key-stdin")
+    # Never argv: command lines show up in ps and shell history.
+    key = (await asyncio.to_thread(sys.stdin.readline)).strip()
+    box = SecretBox(load_master_key(s.secret_key, Path(s.data_dir)))
+    models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
+    view = await _operator(client, s).add_upstream(
+        box, name=args.name, url=args.url, key=key, weight=args.weight,
+        models=models, max_concurrent=args.max_concurrent,
+    )  # fmt: skip
+    emit(args, view, f"upstream {view['name']} added as {view['id']} ({view['key_fingerprint']})")
+
+
+@command("upstream", "list")
+async def _upstream_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    found = await upstream_store.views(client, _now(s))
+    emit(args, found, _upstreams_text(found))
+
+
+@command("upstream", "show")
+async def _upstream_show(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    view = await upstream_store.view_of(client, args.upstream, _now(s))
+    emit(args, view, _upstreams_text([view]))
+
+
+@command("upstream", "enable")
+async def _upstream_enable(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    view = await _operator(client, s).enable_upstream(args.upstream, True)
+    emit(args, view, f"upstream {args.upstream} enabled")
+
+
+@command("upstream", "disable")
+async def _upstream_disable(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    view = await _operator(client, s).enable_upstream(args.upstream, False)
+    emit(args, view, f"upstream {args.upstream} disabled")
+
+
+@command("upstream", "set-weight")
+async def _upstream_weight(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    view = await _operator(client, s).set_upstream_weight(args.upstream, args.weight)
+    emit(args, view, f"upstream {args.upstream} now has weight {args.weight}")
+
+
+@command("upstream", "remove")
+async def _upstream_remove(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
+    upstream_id = await _operator(client, s).remove_upstream(args.upstream)
+    emit(args, {"id": upstream_id, "removed": True}, f"upstream {args.upstream} removed")
+
+
 def _operator_parsers(sub: Any) -> None:
     """The operator groups; every command takes --json for machine-readable output."""
 
@@ -669,6 +758,21 @@ def _operator_parsers(sub: Any) -> None:
     )
     pset.add_argument("--description")
     action(plans, "list", "list plans")
+
+    upstream = group("upstream", "the pool of upstream API credentials")
+    uadd = action(upstream, "add", "add an upstream; its API key is read from stdin", "name")
+    uadd.add_argument("--url", required=True, help="base URL, e.g. https://api.anthropic.com")
+    uadd.add_argument("--weight", type=int, default=1, help="share of new conversations")
+    uadd.add_argument("--key-stdin", action="store_true", help="read the API key from stdin")
+    uadd.add_argument("--models", help="comma-separated model ids it serves (default: all)")
+    uadd.add_argument("--max-concurrent", type=int, help="cap on requests in flight per worker")
+    action(upstream, "list", "upstreams with health and rate-limit headroom")
+    action(upstream, "show", "one upstream", "upstream")
+    action(upstream, "enable", "enable an upstream (clears its cooldowns)", "upstream")
+    action(upstream, "disable", "take an upstream out of the pool on every worker", "upstream")
+    uweight = action(upstream, "set-weight", "change an upstream's weight", "upstream")
+    uweight.add_argument("weight", type=int)
+    action(upstream, "remove", "delete an upstream and its stored key", "upstream")
 
     usage = sub.add_parser("usage", help="an account's windows and recent requests")
     usage.add_argument("email")

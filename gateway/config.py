@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.pool_state import PoolPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,8 +81,19 @@ class Settings:
     data_dir: Path = Path("var")
     valkey_url: str | None = None
     upstream_url: str = "https://api.anthropic.com"
-    upstream_key: str | None = None
+    upstream_key: str | None = field(default=None, repr=False)
     upstream_connect_timeout: float = 10.0
+    # The pool: attempts per request, the time after which no new attempt starts, a stream's
+    # wait for response headers, and the fallback cooldowns when no retry-after comes.
+    upstream_attempts: int = 3
+    upstream_retry_budget: float = 30.0
+    upstream_first_byte_timeout: float = 30.0
+    upstream_overload_cooldown: float = 5.0
+    upstream_breaker_failures: int = 3
+    upstream_breaker_open: float = 30.0
+    upstream_low_headroom: float = 0.05
+    # Master key sealing upstream keys in Valkey; None: <data_dir>/secret.key.
+    secret_key: str | None = field(default=None, repr=False)
     # Idle time allowed between two upstream chunks; no total timeout (streams run minutes).
     upstream_read_timeout: float = 300.0
     # Wait for a non-streamed answer (and count_tokens): Anthropic allows such requests up
@@ -129,6 +141,14 @@ class Settings:
             upstream_url=(e.get("ANTEX_UPSTREAM_URL") or "https://api.anthropic.com").rstrip("/"),
             upstream_key=e.get("ANTEX_UPSTREAM_KEY") or None,
             upstream_connect_timeout=_float(e, "ANTEX_UPSTREAM_CONNECT_TIMEOUT", 10.0),
+            upstream_attempts=_int(e, "ANTEX_UPSTREAM_ATTEMPTS", 3, 1),
+            upstream_retry_budget=_float(e, "ANTEX_UPSTREAM_RETRY_BUDGET", 30.0),
+            upstream_first_byte_timeout=_float(e, "ANTEX_UPSTREAM_FIRST_BYTE_TIMEOUT", 30.0),
+            upstream_overload_cooldown=_float(e, "ANTEX_UPSTREAM_OVERLOAD_COOLDOWN", 5.0),
+            upstream_breaker_failures=_int(e, "ANTEX_UPSTREAM_BREAKER_FAILURES", 3, 1),
+            upstream_breaker_open=_float(e, "ANTEX_UPSTREAM_BREAKER_OPEN", 30.0),
+            upstream_low_headroom=_float(e, "ANTEX_UPSTREAM_LOW_HEADROOM", 0.05),
+            secret_key=e.get("ANTEX_SECRET_KEY") or None,
             upstream_read_timeout=_float(e, "ANTEX_UPSTREAM_READ_TIMEOUT", 300.0),
             upstream_nonstream_timeout=_float(e, "ANTEX_UPSTREAM_NONSTREAM_TIMEOUT", 600.0),
             max_body_bytes=_int(e, "ANTEX_MAX_BODY_BYTES", 2 * 1024 * 1024, 1),
@@ -155,6 +175,17 @@ class Settings:
             plans_page_text=e.get("ANTEX_PLANS_TEXT")
             or "Ask your operator to change plans or add IP slots.",
             audit_retention_days=_int(e, "ANTEX_AUDIT_RETENTION_DAYS", 400, 1),
+        )
+
+    def pool_policy(self) -> PoolPolicy:
+        return PoolPolicy(
+            attempts=self.upstream_attempts,
+            budget_s=self.upstream_retry_budget,
+            first_byte_timeout_s=self.upstream_first_byte_timeout,
+            overload_cooldown_s=self.upstream_overload_cooldown,
+            breaker_failures=self.upstream_breaker_failures,
+            breaker_open_s=self.upstream_breaker_open,
+            low_headroom=self.upstream_low_headroom,
         )
 
     @property

@@ -25,6 +25,7 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway import __version__, errors
+from gateway.pool_metrics import PoolMetrics
 from gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -208,6 +209,7 @@ class Metrics:
             ("status", "type"),
             registry=own,
         )
+        self.pool = PoolMetrics(own)
         self._series: dict[tuple[str, int, str], _Series] = {}
         self._upstream_kinds = {k: self._upstream.labels(k) for k in UPSTREAM_KINDS}
         self._windows = {w: self._refusals.labels(w) for w in WINDOWS}

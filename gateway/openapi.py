@@ -359,6 +359,35 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "EventList": list_of("Event"),
     "PlanList": list_of("Plan"),
+    "Upstream": obj(
+        ("id", "name", "enabled", "weight", "state"),
+        id={**STR, "description": "up_… (or env: ANTEX_UPSTREAM_URL/ANTEX_UPSTREAM_KEY)"},
+        name=STR,
+        url=nullable("string"),
+        weight={**INT, "minimum": 1, "maximum": 1000},
+        enabled=BOOL,
+        models={"type": "array", "items": STR, "description": "empty: every model"},
+        max_concurrent=nullable("integer", description="requests in flight per worker"),
+        key_fingerprint=nullable("string", description="sha256:… of the key; never the key"),
+        created_ms=nullable("integer"),
+        disabled_reason=nullable("string"),
+        disabled_ms=nullable("integer"),
+        state={"enum": ["ready", "half_open", "cooling", "circuit_open", "disabled", "unknown"]},
+        headroom=nullable("number", description="smallest remaining/limit share last seen"),
+        cooling_until_ms=nullable("integer"),
+        reported_ms=nullable("integer", description="when a worker last reported its health"),
+    ),
+    "UpstreamList": list_of("Upstream"),
+    "UpstreamInput": obj(
+        ("name", "url", "key"),
+        name=STR,
+        url={**STR, "description": "base URL, e.g. https://api.anthropic.com"},
+        key={**STR, "writeOnly": True, "description": "the upstream's API key, stored sealed"},
+        weight={**INT, "minimum": 1, "maximum": 1000},
+        models={"type": "array", "items": STR},
+        max_concurrent={**INT, "minimum": 1},
+    ),
+    "UpstreamRemoved": obj(("id", "removed"), id=STR, removed={"const": True}),
 }
 
 
@@ -600,6 +629,7 @@ def _paths() -> dict[str, Schema]:
 
 def _admin_paths() -> dict[str, Schema]:
     account, key = [_ACCOUNT], [_KEY]
+    upstream = [path_param("upstream", "upstream id or name (env: the environment's upstream)")]
     add_slots = obj(("add",), add={**INT, "description": "slots to add; negative removes"})
     return {
         "/admin/accounts": {
@@ -765,6 +795,49 @@ def _admin_paths() -> dict[str, Schema]:
             )
         },
         "/admin/plans": {"get": admin("adminListPlans", "The plan catalog", _ok(ref("PlanList")))},
+        "/admin/upstreams": {
+            "get": admin(
+                "adminListUpstreams",
+                "The upstream pool with health and rate-limit headroom (never a key)",
+                _ok(ref("UpstreamList")),
+            ),
+            "post": admin(
+                "adminAddUpstream",
+                "Add an upstream; its key is sealed with the master key and never shown again",
+                _ok(ref("Upstream"), "Created", "201"),
+                body=ref("UpstreamInput"),
+            ),
+        },
+        "/admin/upstreams/{upstream}": {
+            "parameters": upstream,
+            "get": admin("adminShowUpstream", "One upstream", _ok(ref("Upstream"))),
+            "delete": admin(
+                "adminRemoveUpstream", "Delete an upstream and its key", _ok(ref("UpstreamRemoved"))
+            ),
+        },
+        "/admin/upstreams/{upstream}/enable": {
+            "parameters": upstream,
+            "post": admin(
+                "adminEnableUpstream", "Enable it and clear its cooldowns", _ok(ref("Upstream"))
+            ),
+        },
+        "/admin/upstreams/{upstream}/disable": {
+            "parameters": upstream,
+            "post": admin(
+                "adminDisableUpstream",
+                "Take it out of the pool on every worker",
+                _ok(ref("Upstream")),
+            ),
+        },
+        "/admin/upstreams/{upstream}/weight": {
+            "parameters": upstream,
+            "post": admin(
+                "adminUpstreamWeight",
+                "Change its weight (moves only its share of conversations)",
+                _ok(ref("Upstream")),
+                body=obj(("weight",), weight={**INT, "minimum": 1, "maximum": 1000}),
+            ),
+        },
         "/admin/plans/{name}": {
             "parameters": [path_param("name", "plan name")],
             "put": admin(

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway import accounts, admin_tokens, audit, erasure
+from gateway import accounts, admin_tokens, audit, erasure, upstream_store
 from gateway.dashboard import signin
 from gateway.errors import InvalidRequest
 from gateway.plans import Plan, get_plan, list_plans, set_plan
@@ -25,6 +25,9 @@ _ACCOUNT_FIELDS = ("plan", "subscription", "period_end", "credits_5h", "credits_
                    "ip_slots", "extra_ip_slots", "concurrency", "max_keys",
                    "shared_flag_ms", "shared_flag_reason")  # fmt: skip
 _KEY_FIELDS = ("name", "status", "extra_ip_slots", "ip_slots", "bound_ips")
+# An upstream's audited fields: its key only ever as the fingerprint.
+_UPSTREAM_FIELDS = ("name", "url", "weight", "enabled", "models", "max_concurrent",
+                    "key_fingerprint")  # fmt: skip
 
 
 def _pick(view: dict[str, Any] | None, names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -207,6 +210,56 @@ class Operator:
             after=orjson.loads(plan.to_json()),
         )  # fmt: skip
         return updated
+
+    # -- upstreams
+
+    async def _upstream_view(self, upstream_id: str, now: int) -> dict[str, Any]:
+        return await upstream_store.view_of(self.client, upstream_id, now)
+
+    async def _record_upstream(
+        self, action: str, upstream_id: str, now: int, before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:  # fmt: skip
+        name = (after or before or {}).get("name")
+        await self.trail.record(
+            action, now, target={"upstream": upstream_id, "name": str(name)},
+            before=_pick(before, _UPSTREAM_FIELDS), after=_pick(after, _UPSTREAM_FIELDS),
+        )  # fmt: skip
+
+    async def add_upstream(self, box: Any, **fields: Any) -> dict[str, Any]:
+        """``fields`` as ``upstream_store.add_upstream`` takes them; answers the view."""
+        now = self.clock()
+        record = await upstream_store.add_upstream(self.client, box, now_ms=now, **fields)
+        after = await self._upstream_view(record.id, now)
+        await self._record_upstream("upstream.add", record.id, now, None, after)
+        return after
+
+    async def enable_upstream(self, ref: str, enabled: bool) -> dict[str, Any]:
+        now = self.clock()
+        upstream_id = await upstream_store.resolve(self.client, ref)
+        before = await self._upstream_view(upstream_id, now)
+        await upstream_store.enable(self.client, upstream_id, enabled, now_ms=now)
+        after = await self._upstream_view(upstream_id, now)
+        action = "upstream.enable" if enabled else "upstream.disable"
+        await self._record_upstream(action, upstream_id, now, before, after)
+        return after
+
+    async def set_upstream_weight(self, ref: str, weight: int) -> dict[str, Any]:
+        now = self.clock()
+        upstream_id = await upstream_store.resolve(self.client, ref)
+        before = await self._upstream_view(upstream_id, now)
+        await upstream_store.set_weight(self.client, upstream_id, weight)
+        after = await self._upstream_view(upstream_id, now)
+        await self._record_upstream("upstream.weight", upstream_id, now, before, after)
+        return after
+
+    async def remove_upstream(self, ref: str) -> str:
+        now = self.clock()
+        upstream_id = await upstream_store.resolve(self.client, ref)
+        before = await self._upstream_view(upstream_id, now)
+        await upstream_store.remove_upstream(self.client, upstream_id)
+        await self._record_upstream("upstream.remove", upstream_id, now, before, None)
+        return upstream_id
 
     # -- operator tokens
 

@@ -23,7 +23,7 @@ from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
 from gateway.limits import CreditLimiter
 from gateway.observability import Metrics, access_log
-from gateway.proxy import StreamState, Upstream, read_body, upstream_request_id
+from gateway.proxy import Route, StreamState, Upstream, read_body, upstream_request_id
 from gateway.usage import Usage, cost_mc, estimate_mc
 
 log = logging.getLogger("antex.pipeline")
@@ -61,6 +61,7 @@ class Ticket:
     started: float = field(default_factory=time.perf_counter)
     ttfb: float | None = None
     upstream_request_id: str | None = None
+    choice: Route | None = None  # the pool's choice, once sent
 
     def first_byte(self) -> None:
         if self.ttfb is None:
@@ -214,8 +215,11 @@ class Pipeline:
         self, ticket: Ticket, upstream: Upstream, path_qs: str, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """The upstream call of an admitted request; a failure to connect is billed as such."""
+        ticket.choice = Route(ticket.authed.account_id, ticket.payload, ticket.model.id)
         try:
-            resp = await upstream.post(path_qs, ticket.body, headers, stream=ticket.stream)
+            resp = await upstream.post(
+                path_qs, ticket.body, headers, stream=ticket.stream, route=ticket.choice
+            )
         except errors.UpstreamFailed as exc:
             self.metrics.upstream_error("connect")
             timed_out = isinstance(exc, errors.UpstreamTimedOut)
@@ -291,7 +295,15 @@ class Pipeline:
         self.metrics.request_done(
             ticket.route, status, ticket.model.id, latency_s, ttfb_s, billed, cost
         )
-        access_log(ticket.request_id, ticket.authed.account_id, record)
+        logged = record
+        choice = ticket.choice
+        if choice is not None:
+            choice.done()
+            if choice.upstream is not None:
+                self.metrics.pool.usage(choice.upstream, billed)
+                # The operator's log names the upstream; the customer's usage log does not.
+                logged = {**record, "upstream": choice.upstream, "failovers": choice.failovers}
+        access_log(ticket.request_id, ticket.authed.account_id, logged)
         task = asyncio.get_running_loop().create_task(self._settle(ticket, cost, record))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)

@@ -6,16 +6,23 @@ them on the way. A vanished client closes the upstream response at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from gateway import wire
 from gateway.config import Settings
 from gateway.errors import UpstreamFailed, UpstreamTimedOut
+from gateway.pool_choice import conversation_key, is_new_conversation
+from gateway.pool_state import DISABLE_STATUSES, RETRY_STATUSES, Member, PoolPolicy, PoolView
 from gateway.sse import UsageScanner
+
+if TYPE_CHECKING:
+    from gateway.pool_metrics import PoolMetrics
 
 log = logging.getLogger("antex.upstream")
 
@@ -77,10 +84,52 @@ def upstream_request_id(resp: aiohttp.ClientResponse) -> str | None:
     return resp.headers.get("request-id")
 
 
+class Route:
+    """What the pool needs to know of one request, and what it tells back: the affinity
+    key and model going in; the upstream that answered and the failovers coming out."""
+
+    __slots__ = (
+        "_account", "_key", "_payload", "failovers", "member", "model", "new_conversation",
+        "upstream",
+    )  # fmt: skip
+
+    def __init__(self, account_id: str, payload: dict[str, Any], model: str) -> None:
+        self._account = account_id
+        self._payload = payload
+        self._key: bytes | None = None
+        self.model = model
+        self.new_conversation = is_new_conversation(payload)
+        self.member: Member | None = None
+        self.upstream: str | None = None  # the answering upstream's name
+        self.failovers = 0
+
+    @property
+    def key(self) -> bytes:
+        """The conversation key, computed only when the pool has a choice to make."""
+        if self._key is None:
+            self._key = conversation_key(self._account, self._payload)
+        return self._key
+
+    def done(self) -> None:
+        """The answer is over: frees the upstream's concurrency slot (idempotent)."""
+        member, self.member = self.member, None
+        if member is not None:
+            member.in_flight -= 1
+
+
 class Upstream:
-    def __init__(self, settings: Settings) -> None:
-        self.base = settings.upstream_url
-        self.key = settings.upstream_key or "simulator"
+    """The pool's HTTP side: one aiohttp session per worker for every upstream, and the one
+    place that fails over. Before a response goes back to the caller (before the client
+    got a byte), a connect failure, first-byte timeout, 429, 529, 5xx or an upstream's own
+    401/403 moves the request to the next upstream in its rendezvous order."""
+
+    def __init__(self, settings: Settings, view: PoolView | None = None) -> None:
+        self.view = view or PoolView(PoolPolicy())
+        self.policy = self.view.policy
+        # Routes put this placeholder in x-api-key; each attempt sets its upstream's key.
+        self.key = "pool"
+        self.metrics: PoolMetrics | None = None
+        self.on_event: Callable[[dict[str, Any]], None] = lambda event: None
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=settings.upstream_connect_timeout,
@@ -108,23 +157,126 @@ class Upstream:
             await self._session.close()
 
     async def post(
-        self, path_qs: str, body: bytes, headers: dict[str, str], *, stream: bool
+        self,
+        path_qs: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        stream: bool,
+        route: Route | None = None,
     ) -> aiohttp.ClientResponse:
-        """Sends the request; ``stream`` picks the first-byte timeout (idle timeout for a
-        stream, the non-stream timeout otherwise). Raises UpstreamFailed (UpstreamTimedOut)
-        when no response arrives."""
+        """Sends the request to the pool, failing over as the class says.
+
+        ``stream`` picks the first-byte timeout (``first_byte_timeout_s`` for a stream, the
+        non-stream timeout otherwise). Without ``route`` (unbilled calls) no model filter
+        applies. Returns the answering upstream's response: a refusal that may not be
+        retried, or the last retryable one when every attempt failed. Raises
+        UpstreamFailed (UpstreamTimedOut) when no attempt got an answer.
+        """
         assert self._session is not None, "Upstream.start() was not awaited"
+        now = time.time()
+        model = route.model if route is not None else ""
+        key = route.key if route is not None and len(self.view.members) > 1 else b""
+        fresh = route.new_conversation if route is not None else True
+        order = self.view.order(key, model, new_conversation=fresh, now=now)
+        if not order:
+            raise UpstreamFailed(f"No upstream is enabled for model {model or 'requests'}")
+        policy = self.policy
+        started = time.monotonic()
+        tries = order[: policy.attempts]
+        for n, member in enumerate(tries):
+            headers["x-api-key"] = member.key
+            if member.half_open:
+                member.probing = True
+            member.in_flight += 1
+            try:
+                resp = await self._attempt(member, path_qs, body, headers, stream)
+            except asyncio.CancelledError:
+                member.in_flight -= 1
+                member.probing = False
+                raise
+            except UpstreamFailed as exc:
+                member.in_flight -= 1
+                self._signal(self.view.failed(member, time.time()))
+                if self.metrics is not None:
+                    self.metrics.attempt(
+                        member.name, "timeout" if isinstance(exc, UpstreamTimedOut) else "connect"
+                    )
+                if n == len(tries) - 1 or time.monotonic() - started > policy.budget_s:
+                    raise
+                self._failed_over(member, route)
+                continue
+            status = resp.status
+            self._signal(self.view.answered(member, status, resp.headers, model, time.time()))
+            if self.metrics is not None:
+                self.metrics.attempt(member.name, str(status))
+            more = n < len(tries) - 1 and time.monotonic() - started <= policy.budget_s
+            if more and (status in RETRY_STATUSES or status in DISABLE_STATUSES):
+                member.in_flight -= 1
+                await _discard(resp)
+                self._failed_over(member, route)
+                continue
+            if route is not None:
+                route.member, route.upstream = member, member.name
+            else:
+                member.in_flight -= 1
+            return resp
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(
+        self, member: Member, path_qs: str, body: bytes, headers: dict[str, str], stream: bool
+    ) -> aiohttp.ClientResponse:
+        assert self._session is not None
         try:
+            if stream:
+                # Headers come before the first event: an upstream that sends none in this
+                # time is stalled, and nothing has reached the client yet.
+                async with asyncio.timeout(self.policy.first_byte_timeout_s):
+                    return await self._session.post(
+                        member.base + path_qs, data=body, headers=headers,
+                        timeout=self._stream_timeout,
+                    )  # fmt: skip
             return await self._session.post(
-                self.base + path_qs,
-                data=body,
-                headers=headers,
-                timeout=self._stream_timeout if stream else self._whole_timeout,
+                member.base + path_qs, data=body, headers=headers, timeout=self._whole_timeout
             )
         except TimeoutError as exc:
             raise UpstreamTimedOut("Upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamFailed(f"Upstream unreachable: {type(exc).__name__}") from exc
+
+    def _failed_over(self, member: Member, route: Route | None) -> None:
+        if route is not None:
+            route.failovers += 1
+        if self.metrics is not None:
+            self.metrics.failover(member.name)
+
+    def _signal(self, event: dict[str, Any] | None) -> None:
+        if event is None:
+            return
+        if event["t"] == "disable":
+            member = self.view.by_id(event["id"])
+            upstream_disabled(member.name if member else event["id"], event["why"])
+        self.on_event(event)
+
+
+def upstream_disabled(name: str, reason: str) -> None:
+    """The operator alert for an upstream that refused its own credentials; the metric is
+    the pool's ``antex_pool_upstreams_disabled`` gauge. Operator webhooks belong here too:
+    notify("upstream.disabled", {"upstream": name, "reason": reason})."""
+    log.error("upstream %s disabled: %s; fix its key, then `antex upstream enable %s`",
+              name, reason, name)  # fmt: skip
+
+
+async def _discard(resp: aiohttp.ClientResponse) -> None:
+    """Reads a refused attempt's short error body so its connection can be reused; one
+    that does not arrive at once costs the connection, not the request's time."""
+    try:
+        async with asyncio.timeout(1.0):
+            await resp.read()
+    except (aiohttp.ClientError, TimeoutError):
+        resp.close()
+    finally:
+        resp.release()
 
 
 async def read_body(resp: aiohttp.ClientResponse) -> bytes:

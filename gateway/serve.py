@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import accounts, keyspace
+from gateway import accounts, keyspace, upstream_store
 from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.errors import ConfigError
 from gateway.observability import fresh_metrics_dir
 from gateway.plans import list_plans
+from gateway.secretbox import load_master_key
 from gateway.valkey_client import open_client
 
 log = logging.getLogger("antex.serve")
@@ -59,6 +60,14 @@ def start_simulator(port: int) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.05)
     proc.terminate()
     raise ConfigError("the upstream simulator did not start within 15s")
+
+
+async def _pool_size(settings: Settings) -> int:
+    client = open_client(settings.valkey_url or "")
+    try:
+        return int(await client.scard(upstream_store.IDS))
+    finally:
+        await client.aclose()
 
 
 async def _prepare(settings: Settings, demo: bool) -> str | None:
@@ -128,13 +137,18 @@ def serve(settings: Settings, *, demo: bool = False) -> None:
                 env_updates["ANTEX_VALKEY_URL"], embedded = running, None
             else:
                 env_updates["ANTEX_VALKEY_URL"] = embedded.start()
-        if settings.upstream_key is None:
+        os.environ.update(env_updates)
+        settings = Settings.from_env(os.environ)
+        # Created now, before the workers fork, so they all read the same master key.
+        load_master_key(settings.secret_key, Path(settings.data_dir))
+        if settings.upstream_key is None and not asyncio.run(_pool_size(settings)):
             simulator, url = start_simulator(settings.simulator_port)
             env_updates["ANTEX_UPSTREAM_URL"] = url
             env_updates["ANTEX_UPSTREAM_KEY"] = "simulator"
             log.warning(
-                "NO UPSTREAM CREDENTIALS (ANTEX_UPSTREAM_KEY unset): serving answers from the "
-                "built-in simulator at %s, not from Claude. Set ANTEX_UPSTREAM_KEY for real use.",
+                "NO UPSTREAM CREDENTIALS (ANTEX_UPSTREAM_KEY unset, no `antex upstream add`): "
+                "serving answers from the built-in simulator at %s, not from Claude. Set "
+                "ANTEX_UPSTREAM_KEY or add upstreams for real use.",
                 url,
             )
         # Workers pick multiprocess metrics from this variable: set it before they fork.

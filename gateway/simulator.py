@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,6 +24,7 @@ from granian._granian import RSGIProtocolClosed, RSGIProtocolError
 from granian.rsgi import Scope
 
 from gateway import simulator_rules
+from gateway.simulator_cache import PromptCache
 from gateway.simulator_limits import Limits, RateLimiter
 from gateway.simulator_rules import Rejected
 
@@ -32,6 +33,9 @@ TTFT_ENV = "ANTEX_SIM_TTFT_MS"
 EVENT_DELAY_ENV = "ANTEX_SIM_EVENT_DELAY_MS"
 BURST_ENV = "ANTEX_SIM_BURST"
 RPM_ENV, ITPM_ENV, OTPM_ENV = "ANTEX_SIM_RPM", "ANTEX_SIM_ITPM", "ANTEX_SIM_OTPM"
+KEYS_ENV, CACHE_ENV = "ANTEX_SIM_KEYS_FILE", "ANTEX_SIM_PROMPT_CACHE"
+# Per-key faults switched at run time through POST /_sim/keys.
+KEY_FAULTS = ("revoked", "overloaded", "stall")
 # Shipped pacing: a quick but realistic upstream for `make run` (tests pass smaller values).
 DEFAULT_TTFT_MS = 300
 DEFAULT_EVENT_DELAY_MS = 15
@@ -136,6 +140,8 @@ class SimSettings:
     itpm: int = DEFAULT_ITPM
     otpm: int = DEFAULT_OTPM
     require_key: str | None = None
+    keys_file: str | None = None  # JSON {key: {rpm, itpm, otpm}}: only these keys are valid
+    prompt_cache: bool = False  # report cache reads/writes per key from a real prefix cache
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SimSettings:
@@ -147,13 +153,16 @@ class SimSettings:
             itpm=_env_int(environ, ITPM_ENV, DEFAULT_ITPM),
             otpm=_env_int(environ, OTPM_ENV, DEFAULT_OTPM),
             require_key=environ.get(REQUIRE_KEY_ENV) or None,
+            keys_file=environ.get(KEYS_ENV) or None,
+            prompt_cache=environ.get(CACHE_ENV, "") == "1",
         )
 
     def to_env(self) -> dict[str, str]:
         return {TTFT_ENV: str(self.ttft_ms), EVENT_DELAY_ENV: str(self.event_delay_ms),
                 BURST_ENV: "1" if self.burst else "", RPM_ENV: str(self.rpm),
                 ITPM_ENV: str(self.itpm), OTPM_ENV: str(self.otpm),
-                REQUIRE_KEY_ENV: self.require_key or ""}
+                REQUIRE_KEY_ENV: self.require_key or "", KEYS_ENV: self.keys_file or "",
+                CACHE_ENV: "1" if self.prompt_cache else ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +298,38 @@ class _Stats:
     in_flight: int = 0
 
 
+@dataclass(slots=True)
+class _KeyState:
+    """One simulated upstream key: its fault switch and the usage it reported."""
+
+    fault: str | None = None
+    attempts: int = 0  # every request presenting the key, faults included
+    requests: int = 0
+    refused: int = 0  # 429s for its rate limits
+    input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    output_tokens: int = 0
+    # x-sim-conversation tags it served: lets a test see which key a conversation used.
+    conversations: set[str] = field(default_factory=set)
+
+    def count(self, usage: dict[str, Any]) -> None:
+        self.requests += 1
+        self.input_tokens += usage["input_tokens"]
+        self.cache_read_input_tokens += usage["cache_read_input_tokens"]
+        self.cache_creation_input_tokens += usage["cache_creation_input_tokens"]
+        self.output_tokens += usage["output_tokens"]
+
+
+def _limits_of(spec: Any, default: Limits) -> Limits:
+    if not isinstance(spec, dict):
+        raise BadRequest("a key's limits must be an object {rpm, itpm, otpm}")
+    values = {n: spec.get(n, getattr(default, n)) for n in ("rpm", "itpm", "otpm")}
+    if not all(isinstance(v, int) and v >= 1 for v in values.values()):
+        raise BadRequest("rpm, itpm and otpm must be integers >= 1")
+    return Limits(**values)
+
+
 def _presented_key(headers: Mapping[str, str]) -> str:
     key = headers.get("x-api-key")
     if key is None:
@@ -302,6 +343,8 @@ class Simulator:
 
     def __init__(self, settings: SimSettings | None = None) -> None:
         self.settings = settings or SimSettings()
+        self.keys: dict[str, _KeyState] = {}
+        self.cache = PromptCache()
         self.limiter = self._limiter()
         self.stats = _Stats()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
@@ -317,7 +360,15 @@ class Simulator:
 
     def _limiter(self) -> RateLimiter:
         s = self.settings
-        return RateLimiter(Limits(s.rpm, s.itpm, s.otpm))
+        limiter = RateLimiter(Limits(s.rpm, s.itpm, s.otpm))
+        self.keys = {}
+        if s.keys_file:
+            with open(s.keys_file, "rb") as f:
+                specs = orjson.loads(f.read())
+            for key, spec in specs.items():
+                limiter.per_key[key] = _limits_of(spec, limiter.default)
+                self.keys[key] = _KeyState()
+        return limiter
 
     @staticmethod
     def _model_pages() -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -351,13 +402,23 @@ class Simulator:
         # request-id first: error bodies repeat it.
         head = [("request-id", rid), *self.limiter.peek(key, time.time())]
         if path.startswith("/_sim/"):
-            return self._control(proto, head, method, path)
+            return self._control(proto, head, method, path, body)
         # Metadata only: the simulator never keeps or logs prompts.
         self.recent.append({"method": method, "path": path, "query_string": scope.query_string,
                             "headers": pairs, "body_length": len(body)})
         required = self.settings.require_key
-        if required and key != required:
+        state = self.keys.get(key)
+        fault = None
+        if state is not None:
+            state.attempts += 1
+            fault = state.fault
+        if fault == "stall":  # accepts the request, then never answers
+            await proto.client_disconnect()
+        elif (required and key != required) or fault == "revoked" or (
+                self.settings.keys_file and state is None):
             self._error(proto, head, 401, "authentication_error", "invalid x-api-key")
+        elif fault == "overloaded":
+            self._error(proto, head, *_FAULTS["529"])
         elif method == "POST" and path == "/v1/messages":
             await self._messages(proto, head, key, headers, body)
         elif method == "POST" and path == "/v1/messages/count_tokens":
@@ -381,13 +442,23 @@ class Simulator:
             self._error(proto, head, 404, "not_found_error", f"Not found: {method} {path}")
 
     def _control(self, proto: HTTPProtocol, head: list[tuple[str, str]], method: str,
-                 path: str) -> None:
+                 path: str, body: bytes) -> None:
         s = self.stats
         if method == "POST" and path == "/_sim/reset":
             # In place: running handlers hold this object, and in_flight stays truthful.
             s.started = s.completed = s.disconnected = 0
             self.recent.clear()
+            self.cache.clear()
+            for key in self.keys:
+                self.keys[key] = _KeyState(fault=self.keys[key].fault)
             self._json(proto, head, {"ok": True})
+        elif path == "/_sim/keys" and method in ("GET", "POST"):
+            try:
+                if method == "POST":
+                    self._set_key(body)
+            except (BadRequest, orjson.JSONDecodeError) as exc:
+                return self._error(proto, head, 400, "invalid_request_error", str(exc))
+            self._json(proto, head, self._keys_view())
         elif method == "GET" and path == "/_sim/stats":
             self._json(proto, head, {"started": s.started, "completed": s.completed,
                                      "disconnected": s.disconnected, "in_flight": s.in_flight})
@@ -395,6 +466,36 @@ class Simulator:
             self._json(proto, head, list(self.recent))
         else:
             self._error(proto, head, 404, "not_found_error", f"Not found: {method} {path}")
+
+    def _set_key(self, body: bytes) -> None:
+        """POST /_sim/keys {"key", "rpm"?, "itpm"?, "otpm"?, "fault"?}: adds or changes a key."""
+        spec = orjson.loads(body)
+        if not isinstance(spec, dict) or not isinstance(spec.get("key"), str):
+            raise BadRequest("expected {\"key\": ..., \"rpm\"?, \"itpm\"?, \"otpm\"?, "
+                             "\"fault\"?}")
+        key = spec["key"]
+        state = self.keys.setdefault(key, _KeyState())
+        limits = {n: spec[n] for n in ("rpm", "itpm", "otpm") if n in spec}
+        if limits:
+            self.limiter.per_key[key] = _limits_of(limits, self.limiter.limits_for(key))
+        if "fault" in spec:
+            if spec["fault"] not in (None, *KEY_FAULTS):
+                raise BadRequest(f"fault: one of {', '.join(KEY_FAULTS)} or null")
+            state.fault = spec["fault"]
+
+    def _keys_view(self) -> dict[str, Any]:
+        out = {}
+        for key, state in self.keys.items():
+            limits = self.limiter.limits_for(key)
+            out[key] = {"rpm": limits.rpm, "itpm": limits.itpm, "otpm": limits.otpm,
+                        "fault": state.fault, "attempts": state.attempts,
+                        "requests": state.requests,
+                        "refused": state.refused, "input_tokens": state.input_tokens,
+                        "cache_read_input_tokens": state.cache_read_input_tokens,
+                        "cache_creation_input_tokens": state.cache_creation_input_tokens,
+                        "output_tokens": state.output_tokens,
+                        "conversations": sorted(state.conversations)}
+        return out
 
     def _list_models(self, proto: HTTPProtocol, head: list[tuple[str, str]], query: str) -> None:
         params = {k: v[-1] for k, v in parse_qs(query).items()}
@@ -410,7 +511,8 @@ class Simulator:
                                  "first_id": page[0]["id"] if page else None,
                                  "last_id": page[-1]["id"] if page else None})
 
-    def _plan(self, req: dict[str, Any], headers: dict[str, str], body_len: int) -> _Plan:
+    def _plan(self, req: dict[str, Any], headers: dict[str, str], body_len: int,
+              key: str = "") -> _Plan:
         max_tokens: int = req["max_tokens"]
         wanted = _header_int(headers, "x-sim-output-tokens")
         out_tokens = min(max_tokens, 32 if wanted is None else wanted)
@@ -439,9 +541,14 @@ class Simulator:
             stop_reason = "tool_use"
         if wanted is not None and wanted > max_tokens:
             stop_reason = "max_tokens"  # the answer was cut at max_tokens
-        usage = {"input_tokens": max(1, body_len // 4),
+        cache_read = _header_int(headers, "x-sim-cache-read") or 0
+        input_tokens = max(1, body_len // 4)
+        if self.settings.prompt_cache and not (cache_read or write_5m or write_1h):
+            cache_read, write_5m = self.cache.usage(key, req, time.time())
+            input_tokens = max(1, input_tokens - cache_read - write_5m)
+        usage = {"input_tokens": input_tokens,
                  "cache_creation_input_tokens": write_5m + write_1h,
-                 "cache_read_input_tokens": _header_int(headers, "x-sim-cache-read") or 0,
+                 "cache_read_input_tokens": cache_read,
                  "cache_creation": {"ephemeral_5m_input_tokens": write_5m,
                                     "ephemeral_1h_input_tokens": write_1h},
                  "output_tokens": out_tokens, "service_tier": "standard"}
@@ -464,7 +571,7 @@ class Simulator:
                 if fault is not None and fault not in _STREAM_FAULTS:
                     raise BadRequest(f"x-sim-fault: unknown fault {fault!r}")
                 req = _parse_body(body)
-                plan = self._plan(req, headers, len(body))
+                plan = self._plan(req, headers, len(body), key)
                 pacing = _pacing(headers, self.settings)
             except BadRequest as exc:
                 return self._error(proto, head, 400, "invalid_request_error", str(exc))
@@ -475,9 +582,17 @@ class Simulator:
                 key, time.time(), u["input_tokens"] + u["cache_creation_input_tokens"],
                 req["max_tokens"], u["output_tokens"])
             head = [head[0], *verdict.headers]
+            state = self.keys.get(key)
             if verdict.retry_after is not None:
+                if state is not None:
+                    state.refused += 1
                 return self._error(proto, head, 429, "rate_limit_error", verdict.message,
                                    [("retry-after", str(verdict.retry_after))])
+            if state is not None:
+                state.count(u)
+                tag = headers.get("x-sim-conversation")
+                if tag:
+                    state.conversations.add(tag)
             if req.get("stream"):
                 finished = await self._stream(proto, head, plan, fault, pacing)
             else:
@@ -636,12 +751,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="input tokens per minute per key")
     parser.add_argument("--otpm", type=int, default=env.otpm,
                         help="output tokens per minute per key")
+    parser.add_argument("--keys", default=env.keys_file, metavar="FILE",
+                        help="JSON {key: {rpm, itpm, otpm}}: only these upstream keys are valid, "
+                             f"each with its own limits (env {KEYS_ENV})")
+    parser.add_argument("--prompt-cache", action="store_true", default=env.prompt_cache,
+                        help="report cache reads and writes from a per-key prompt cache "
+                             f"(env {CACHE_ENV}=1)")
     args = parser.parse_args(argv)
     if min(args.ttft_ms, args.event_delay_ms) < 0 or min(args.rpm, args.itpm, args.otpm) < 1:
         parser.error("delays must be >= 0 and limits >= 1")
     run(args.host, args.port, args.workers, SimSettings(
         args.ttft_ms, args.event_delay_ms, args.burst, args.rpm, args.itpm, args.otpm,
-        args.require_key))
+        args.require_key, os.path.abspath(args.keys) if args.keys else None, args.prompt_cache))
 
 
 if __name__ == "__main__":

@@ -60,18 +60,21 @@ class CliResult:
         return orjson.loads(self.out)
 
 
-def cli(stack: Stack, *args: str) -> CliResult:
-    """``python -m gateway ARGS`` against the stack's Valkey and clock."""
+def cli(stack: Stack, *args: str, stdin: str | None = None) -> CliResult:
+    """``python -m gateway ARGS`` against the stack's Valkey, clock and data dir (where the
+    master key that seals upstream keys lives)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTEX_")}
     env.update(
         ANTEX_VALKEY_URL=stack.valkey_url,
         ANTEX_CLOCK_FILE=str(stack.clock_file),
+        ANTEX_DATA_DIR=str(stack.data_dir),
         ANTEX_BCRYPT_ROUNDS="4",
         PYTHONPATH=str(ROOT),
     )
     done = subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        input=stdin,
     )  # fmt: skip
     return CliResult(done.returncode, done.stdout, done.stderr)
 

@@ -4,6 +4,7 @@ entry ever holds a secret."""
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ import pytest
 import valkey
 
 from gateway import admin_tokens, audit, cli, keyspace, openapi
-from tests.integration.conftest import Customer, Stack, new_customer
+from tests.integration.conftest import UPSTREAM_KEY, Customer, Stack, new_customer
 from tests.integration.ops_helpers import Admin, operator_token
 from tests.integration.ops_helpers import cli as run_cli
 
@@ -59,12 +60,44 @@ class Case:
     action: str  # the audit action the call must record
     call: Callable[[Customer], tuple[dict[str, str], Any]]  # -> (path parameters, body)
     status: int = 200
-    before: Callable[[Customer], None] | None = None
+    before: Callable[[Customer], Any] | None = None  # may return an awaitable
 
 
-def cases(sync: valkey.Valkey) -> dict[str, Case]:
+UPSTREAM_PREFIX = "audit-up-"
+
+
+def cases(sync: valkey.Valkey, stack: Stack, api: Admin) -> dict[str, Case]:
     email = lambda: f"audit-{secrets.token_hex(4)}@example.test"  # noqa: E731
+    # Upstreams the audited calls change: the stack's own simulator and key, so whatever is
+    # left enabled still answers like the pool's other member.
+    upstream = {"url": stack.sim_url, "key": UPSTREAM_KEY}
+    made: dict[str, str] = {}
+
+    def up_name(c: Customer) -> str:
+        return made.setdefault(c.account_id, UPSTREAM_PREFIX + secrets.token_hex(3))
+
+    def add_up(c: Customer) -> None:
+        api.call("POST", "/admin/upstreams", {"name": up_name(c), **upstream}, 201)
+
+    def add_disabled_up(c: Customer) -> None:
+        add_up(c)
+        api.call("POST", f"/admin/upstreams/{up_name(c)}/disable", None, 200)
+
+    def up(c: Customer) -> dict[str, str]:
+        return {"upstream": up_name(c)}
+
     return {
+        "adminAddUpstream": Case(
+            "upstream.add", lambda c: ({}, {"name": up_name(c), **upstream}), 201
+        ),
+        "adminDisableUpstream": Case("upstream.disable", lambda c: (up(c), None), before=add_up),
+        "adminEnableUpstream": Case(
+            "upstream.enable", lambda c: (up(c), None), before=add_disabled_up
+        ),
+        "adminUpstreamWeight": Case(
+            "upstream.weight", lambda c: (up(c), {"weight": 3}), before=add_up
+        ),
+        "adminRemoveUpstream": Case("upstream.remove", lambda c: (up(c), None), before=add_up),
         "adminCreateAccount": Case(
             "account.create", lambda c: ({}, {"email": email(), "plan": "starter"}), 201
         ),
@@ -134,16 +167,16 @@ async def test_every_mutating_admin_route_records_who_what_and_the_change(
 ) -> None:
     api, operator = admin
     routes = mutating_admin_operations()
-    table = cases(sync_valkey)
+    table = cases(sync_valkey, stack, api)
     assert set(routes) == set(table), "a mutating route without an audit case"
-    assert len(routes) == 13
+    assert len(routes) == 18
     shown: list[str] = []
     for op_id, (method, template) in sorted(routes.items()):
         case = table[op_id]
         customer = await new_customer(stack.valkey_url)
         shown.append(customer.key)
-        if case.before is not None:
-            case.before(customer)
+        if case.before is not None and inspect.isawaitable(made := case.before(customer)):
+            await made
         params, body = case.call(customer)
         path = template
         for name, value in params.items():
@@ -160,7 +193,10 @@ async def test_every_mutating_admin_route_records_who_what_and_the_change(
             assert entry["changes"], f"{op_id}: no changed fields recorded"
         if case.action != "account.delete" and "account" in params:
             assert entry["target"]["account"] == customer.account_id
-    assert_no_secret(sync_valkey, shown)
+    assert_no_secret(sync_valkey, [*shown, UPSTREAM_KEY])
+    for view in api.get("/admin/upstreams")["data"]:
+        if view["name"].startswith(UPSTREAM_PREFIX):
+            api.call("DELETE", f"/admin/upstreams/{view['id']}", None, 200)
 
     filtered = api.get(f"/admin/audit?actor={operator}&action=key&limit=500")["data"]
     assert {e["action"] for e in filtered} == {
@@ -205,7 +241,8 @@ async def test_read_only_token_reads_but_cannot_change(
 READ_ONLY = {
     ("account", "show"), ("account", "list"), ("key", "list"), ("ip", "list"),
     ("quarantine", "list"), ("admin-token", "list"), ("plan", "list"), ("usage", "show"),
-    ("deletion", "list"), ("audit", "list"), ("export", "run"),
+    ("deletion", "list"), ("audit", "list"), ("export", "run"), ("upstream", "list"),
+    ("upstream", "show"),
     # Restores a snapshot, audit trail included, into an empty store (tested on its own).
     ("import", "run"),
 }  # fmt: skip
@@ -218,6 +255,7 @@ async def test_every_mutating_cli_command_records_an_entry(
     other = await new_customer(stack.valkey_url)
     bind(sync_valkey, customer)
     token_name = f"t-{secrets.token_hex(3)}"
+    up = UPSTREAM_PREFIX + secrets.token_hex(3)
     runs: dict[tuple[str, str], list[str]] = {
         ("account", "create"): ["account", "create", f"c-{secrets.token_hex(3)}@example.test"],
         ("account", "plan"): ["account", "plan", customer.email, "max"],
@@ -235,6 +273,11 @@ async def test_every_mutating_cli_command_records_an_entry(
         ("plan", "set"): ["plan", "set", f"p-{secrets.token_hex(3)}", "--credits-5h", "5",
                           "--credits-7d", "50", "--ip-slots", "1", "--concurrency", "1"],
         ("login-link", "issue"): ["login-link", customer.email],
+        ("upstream", "add"): ["upstream", "add", up, "--url", stack.sim_url, "--key-stdin"],
+        ("upstream", "disable"): ["upstream", "disable", up],
+        ("upstream", "enable"): ["upstream", "enable", up],
+        ("upstream", "set-weight"): ["upstream", "set-weight", up, "2"],
+        ("upstream", "remove"): ["upstream", "remove", up],
     }  # fmt: skip
     mutating = set(cli._COMMANDS) - READ_ONLY
     assert mutating == set(runs) | {("admin-token", "revoke")}
@@ -245,7 +288,7 @@ async def test_every_mutating_cli_command_records_an_entry(
         if command == ("quarantine", "clear-flag"):
             flag(sync_valkey, customer)
         before = sync_valkey.zcard(audit.AUDIT)
-        done = run_cli(stack, *argv)
+        done = run_cli(stack, *argv, stdin=UPSTREAM_KEY + "\n")
         assert done.code == 0, (command, done.err)
         shown.append(done.out.strip())
         entries = sorted(trail(sync_valkey), key=lambda e: e["at_ms"])
@@ -257,7 +300,9 @@ async def test_every_mutating_cli_command_records_an_entry(
     listed = orjson.loads(run_cli(stack, "audit", "--action", "token", "--json").out)
     assert [e["action"] for e in listed][:2] == ["token.revoke", "token.create"]
     assert listed[0]["changes"]["name"] == [token_name, None]
-    assert_no_secret(sync_valkey, [s for s in shown if s.startswith(("sk_", "antex_op_"))])
+    assert_no_secret(
+        sync_valkey, [*(s for s in shown if s.startswith(("sk_", "antex_op_"))), UPSTREAM_KEY]
+    )
     text = run_cli(stack, "audit", "--account", customer.email, "--since", "1h")
     assert text.code == 0 and "account.plan" in text.out and "pro -> max" in text.out
 
