@@ -60,6 +60,22 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _webhook_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = ",".join(env.get(name, "") for name in ("ANTEX_WEBHOOK_URL", "ANTEX_WEBHOOK_URLS"))
+    urls = tuple(dict.fromkeys(u.strip() for u in raw.split(",") if u.strip()))
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"ANTEX_WEBHOOK_URL(S): {url!r} is not an http(s) URL")
+    return urls
+
+
+def _webhook_secret(env: Mapping[str, str]) -> str | None:
+    secret = env.get("ANTEX_WEBHOOK_SECRET") or None
+    if _webhook_urls(env) and (secret is None or len(secret) < 16):
+        raise ConfigError("ANTEX_WEBHOOK_SECRET (16+ characters) signs webhooks; set it")
+    return secret
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -95,6 +111,9 @@ class Settings:
     smtp_url: str | None = None
     smtp_sender: str = "antex@localhost"
     plans_page_text: str = "Ask your operator to change plans or add IP slots."
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    customer_notices: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +152,9 @@ class Settings:
             smtp_sender=e.get("ANTEX_SMTP_SENDER", "antex@localhost") or "antex@localhost",
             plans_page_text=e.get("ANTEX_PLANS_TEXT")
             or "Ask your operator to change plans or add IP slots.",
+            webhook_urls=_webhook_urls(e),
+            webhook_secret=_webhook_secret(e),
+            customer_notices=_choice(e, "ANTEX_CUSTOMER_NOTICES", "off", ("off", "on")) == "on",
         )
 
     @property

@@ -363,6 +363,7 @@ def _count_error_responses(app: Application, res: Resources) -> None:
         metrics.error_response(response.status, exc.code)
         if isinstance(exc, errors.ServiceUnavailable):
             metrics.valkey_error()
+            res.alerts.valkey_error("request")
         # An upstream failure after admission already has its billed line from finish().
         if not isinstance(exc, errors.UpstreamFailed) and access.isEnabledFor(logging.INFO):
             rid = response.get_first_header(b"request-id")
