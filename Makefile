@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench loadtest clean
+.PHONY: run test lint typecheck bench loadtest image image-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,15 @@ bench: $(STAMP)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.run
+
+# The container image; `make image BASE=...` picks another Python base image.
+BASE ?= python:3.11-slim
+image:
+	podman build --format docker --build-arg BASE=$(BASE) -t antex-gateway:latest -f Containerfile .
+
+# Offline proof of the image (root, podman, runc, debootstrap); not part of `make test`.
+image-test: $(STAMP)
+	PY=$(BIN)/python ops/image-test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
