@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import valkey.asyncio as avalkey
 
-from gateway import accounts, admin_tokens
+from gateway import accounts, admin_tokens, layout
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import signin
@@ -52,6 +52,8 @@ async def admin_valkey(settings: Settings) -> AsyncIterator[avalkey.Valkey]:
             embedded = candidate
     client = open_client(url, decode_responses=True)
     try:
+        # Operator commands never write into a layout they do not understand.
+        layout.refuse_newer(await layout.stamped_version(client) or layout.UNVERSIONED)
         yield client
     finally:
         await client.aclose()
