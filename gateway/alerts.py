@@ -25,6 +25,7 @@ import valkey.exceptions as vexc
 from gateway import events, keyspace
 from gateway.config import Settings
 from gateway.dashboard import mail
+from gateway.observability import Metrics
 from gateway.scripts import Client
 
 log = logging.getLogger("antex.alerts")
@@ -52,8 +53,16 @@ class _Event:
 class Alerts:
     """Build one per worker; ``start`` in the lifespan, ``stop`` at shutdown."""
 
-    def __init__(self, settings: Settings, client: Client, *, backoff_s: float = BACKOFF_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        *,
+        metrics: Metrics | None = None,
+        backoff_s: float = BACKOFF_S,
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._backoff_s = backoff_s
         self._client = client
         self._urls = settings.webhook_urls
@@ -95,6 +104,7 @@ class Alerts:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped += 1
+            self._count("dropped")
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.error("alert queue full (%d events); %d dropped", QUEUE_SIZE, self.dropped)
 
@@ -210,12 +220,18 @@ class Alerts:
                 problem = type(exc).__name__
             else:
                 if 200 <= status < 300:
+                    self._count("delivered")
                     return
                 problem = f"HTTP {status}"
                 if 400 <= status < 500 and status not in (408, 429):
                     break  # the receiver refuses this event; retrying changes nothing
             log.warning("webhook %s to %s: attempt %d: %s", event.id, url, attempt + 1, problem)
         log.error("webhook %s (%s) to %s given up", event.id, event.type, url)
+        self._count("failed")
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.webhook(result)
 
     async def _mail(self, event: _Event) -> None:
         assert self._smtp is not None

@@ -76,7 +76,7 @@ class Resources:
             on_bad_secret=self._bad_secret,
         )
         self.pipeline = Pipeline(settings, self.auth, self.limiter, self.catalog, self.metrics)
-        self.alerts = Alerts(settings, self.valkey)
+        self.alerts = Alerts(settings, self.valkey, metrics=self.metrics)
         self.limiter.notify = self.pipeline.notify = self.alerts.notify
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False

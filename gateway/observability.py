@@ -198,6 +198,14 @@ class Metrics:
             ("status", "type"),
             registry=own,
         )
+        webhooks = Counter(
+            "antex_webhook_deliveries",
+            "Operator webhook deliveries by result: delivered, failed (all retries spent), "
+            "dropped (this worker's queue was full).",
+            ("result",),
+            registry=own,
+        )
+        self._webhooks = {r: webhooks.labels(r) for r in ("delivered", "failed", "dropped")}
         self._series: dict[tuple[str, int, str], _Series] = {}
         self._upstream_kinds = {k: self._upstream.labels(k) for k in UPSTREAM_KINDS}
         self._windows = {w: self._refusals.labels(w) for w in WINDOWS}
@@ -256,6 +264,9 @@ class Metrics:
 
     def valkey_error(self) -> None:
         self._valkey.inc()
+
+    def webhook(self, result: str) -> None:
+        self._webhooks[result].inc()
 
     def upstream_error(self, kind: str) -> None:
         child = self._upstream_kinds.get(kind)

@@ -1,0 +1,214 @@
+"""Does a webhook receiver that is down slow requests? p50/p99 of streamed /v1/messages with
+no webhook configured, with a receiver that refuses connections, and with one that accepts
+and never answers, while other keys are being quarantined (each quarantine is an event).
+
+    python -m bench.webhook_down [--requests 200] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import orjson
+import valkey.asyncio as avalkey
+
+from gateway import accounts
+from gateway.embedded_valkey import EmbeddedValkey, free_port
+from gateway.plans import Plan, list_plans, set_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = orjson.dumps(
+    {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+)
+ONE_IP = Plan("bench-ip1", 100_000, 1_000_000, ip_slots=1, concurrency=64, period_days=30)
+ROOMY = Plan("bench-roomy", 100_000, 1_000_000, ip_slots=64, concurrency=64, period_days=30)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+
+@contextmanager
+def black_hole() -> Iterator[str]:
+    """Accepts connections and never answers: every delivery waits for its timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+async def make_keys(url: str, plan: Plan, count: int) -> list[str]:
+    client = avalkey.Valkey.from_url(url)
+    try:
+        await list_plans(client)
+        await set_plan(client, plan)
+        keys = []
+        for _ in range(count):
+            email = f"{os.urandom(5).hex()}@bench.test"
+            account_id = await accounts.create_account(client, email, plan.name)
+            keys.append((await accounts.create_key(client, account_id, "b", rounds=4)).key)
+        return keys
+    finally:
+        await client.aclose()
+
+
+def one_request(client: httpx.Client, url: str, key: str) -> float:
+    started = time.perf_counter()
+    with client.stream(
+        "POST", f"{url}/v1/messages", content=BODY,
+        headers={"x-api-key": key, "content-type": "application/json"},
+    ) as answer:  # fmt: skip
+        text = b"".join(answer.iter_bytes())
+    assert answer.status_code == 200 and b"message_stop" in text, answer.status_code
+    return time.perf_counter() - started
+
+
+def quarantine_keys(url: str, keys: list[str], done: threading.Event) -> int:
+    """Quarantines keys one after the other (bind, then 3 unbound IPs) until ``done``."""
+    count = 0
+    for n, key in enumerate(keys):
+        if done.is_set():
+            break
+        for ip in range(4):
+            transport = httpx.HTTPTransport(local_address=f"127.0.{n % 250 + 1}.{ip + 1}")
+            with httpx.Client(transport=transport, timeout=30) as client:
+                client.post(f"{url}/v1/messages", content=BODY, headers={"x-api-key": key})
+        count += 1
+    return count
+
+
+def run(label: str, env: dict[str, str], args: argparse.Namespace, work: Path,
+        keys: list[str], victims: list[str]) -> dict[str, float]:  # fmt: skip
+    port = free_port()
+    env = {**env, "ANTEX_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-m", "gateway", "serve"], env, work / f"{label}.log"):
+        wait_http(f"{url}/readyz")
+        with httpx.Client(timeout=60) as warm:
+            for key in keys[:20]:
+                one_request(warm, url, key)
+        done = threading.Event()
+        with ThreadPoolExecutor(args.concurrency + 1) as pool:
+            events = pool.submit(quarantine_keys, url, victims, done)
+            clients = [httpx.Client(timeout=60) for _ in range(args.concurrency)]
+            jobs = [
+                pool.submit(one_request, clients[i % args.concurrency], url, keys[i % len(keys)])
+                for i in range(args.requests)
+            ]
+            times = sorted(j.result() for j in jobs)
+            done.set()
+            quarantined = events.result()
+            for c in clients:
+                c.close()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    return {
+        "label": label,  # type: ignore[dict-item]
+        "p50_ms": statistics.median(times) * 1000,
+        "p99_ms": p99 * 1000,
+        "max_ms": times[-1] * 1000,
+        "quarantines": quarantined,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        store = EmbeddedValkey(work / "valkey", unix_socket=False)
+        store.start()
+        sim_port = free_port()
+        sim_args = [sys.executable, "-m", "gateway.simulator", "--port", str(sim_port)]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ANTEX_")}
+        base.update(
+            ANTEX_WORKERS="2", ANTEX_VALKEY_URL=store.url, ANTEX_DATA_DIR=str(work / "data"),
+            ANTEX_UPSTREAM_URL=f"http://127.0.0.1:{sim_port}", ANTEX_UPSTREAM_KEY="bench",
+            ANTEX_BCRYPT_ROUNDS="4", ANTEX_LOG_LEVEL="warning", PYTHONPATH=str(ROOT),
+        )  # fmt: skip
+        secret = {"ANTEX_WEBHOOK_SECRET": "bench-secret-0123456789"}
+        try:
+            with process(sim_args, base, work / "sim.log"), black_hole() as hole:
+                wait_http(f"http://127.0.0.1:{sim_port}/_sim/stats")
+                configs = [
+                    ("no webhook", base),
+                    ("receiver refuses", {**base, **secret,
+                     "ANTEX_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook"}),
+                    ("receiver never answers", {**base, **secret, "ANTEX_WEBHOOK_URL": hole}),
+                ]  # fmt: skip
+                results = []
+                for label, env in configs:
+                    keys = asyncio.run(make_keys(store.url, ROOMY, 20))
+                    victims = asyncio.run(make_keys(store.url, ONE_IP, 200))
+                    results.append(run(label, env, args, work, keys, victims))
+        finally:
+            store.stop()
+    print(f"{args.requests} streamed requests, concurrency {args.concurrency}, 2 workers")
+    print(f"{'webhook':<24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'quarantines':>12}")
+    for r in results:
+        print(f"{r['label']:<24} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f} "
+              f"{r['quarantines']:12d}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
