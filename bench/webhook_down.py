@@ -122,14 +122,15 @@ def one_request(client: httpx.Client, url: str, key: str) -> float:
     return time.perf_counter() - started
 
 
-def quarantine_keys(url: str, keys: list[str], done: threading.Event) -> int:
+def quarantine_keys(url: str, keys: list[str], done: threading.Event, lane: int) -> int:
     """Quarantines keys one after the other (bind, then 3 unbound IPs) until ``done``."""
     count = 0
     for n, key in enumerate(keys):
         if done.is_set():
             break
         for ip in range(4):
-            transport = httpx.HTTPTransport(local_address=f"127.0.{n % 250 + 1}.{ip + 1}")
+            address = f"127.{lane + 1}.{n % 250 + 1}.{ip + 1}"
+            transport = httpx.HTTPTransport(local_address=address)
             with httpx.Client(transport=transport, timeout=30) as client:
                 client.post(f"{url}/v1/messages", content=BODY, headers={"x-api-key": key})
         count += 1
@@ -147,8 +148,12 @@ def run(label: str, env: dict[str, str], args: argparse.Namespace, work: Path,
             for key in keys[:20]:
                 one_request(warm, url, key)
         done = threading.Event()
-        with ThreadPoolExecutor(args.concurrency + 1) as pool:
-            events = pool.submit(quarantine_keys, url, victims, done)
+        lanes = args.event_lanes
+        with ThreadPoolExecutor(args.concurrency + lanes) as pool:
+            events = [
+                pool.submit(quarantine_keys, url, victims[i::lanes], done, i) for i in range(lanes)
+            ]
+            time.sleep(0.5)  # the receiver is already backed up when measuring starts
             clients = [httpx.Client(timeout=60) for _ in range(args.concurrency)]
             jobs = [
                 pool.submit(one_request, clients[i % args.concurrency], url, keys[i % len(keys)])
@@ -156,7 +161,7 @@ def run(label: str, env: dict[str, str], args: argparse.Namespace, work: Path,
             ]
             times = sorted(j.result() for j in jobs)
             done.set()
-            quarantined = events.result()
+            quarantined = sum(e.result() for e in events)
             for c in clients:
                 c.close()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
@@ -169,10 +174,32 @@ def run(label: str, env: dict[str, str], args: argparse.Namespace, work: Path,
     }
 
 
+async def notify_cost(url: str, calls: int = 100_000) -> float:
+    """Nanoseconds per ``notify`` on a worker whose receiver is down and queue full."""
+    from gateway.alerts import Alerts
+    from gateway.config import Settings
+    from gateway.events import KEY_FLAGGED
+
+    client = avalkey.Valkey.from_url(url)
+    settings = Settings(webhook_urls=(f"http://127.0.0.1:{free_port()}/x",),
+                        webhook_secret="bench-secret-0123456789")  # fmt: skip
+    alerts = Alerts(settings, client)
+    await alerts.start()
+    started = time.perf_counter_ns()
+    for n in range(calls):
+        alerts.notify(KEY_FLAGGED, {"key_id": "k", "account_id": str(n)})
+    elapsed = time.perf_counter_ns() - started
+    await alerts.stop(grace_s=0.1)
+    await client.aclose()
+    return elapsed / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--event-lanes", type=int, default=4, help="quarantining threads")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -197,13 +224,17 @@ def main() -> None:
                     ("receiver never answers", {**base, **secret, "ANTEX_WEBHOOK_URL": hole}),
                 ]  # fmt: skip
                 results = []
-                for label, env in configs:
-                    keys = asyncio.run(make_keys(store.url, ROOMY, 20))
-                    victims = asyncio.run(make_keys(store.url, ONE_IP, 200))
-                    results.append(run(label, env, args, work, keys, victims))
+                for _ in range(args.rounds):  # interleaved, so drift hits every config
+                    for label, env in configs:
+                        keys = asyncio.run(make_keys(store.url, ROOMY, 20))
+                        victims = asyncio.run(make_keys(store.url, ONE_IP, 400))
+                        results.append(run(label, env, args, work, keys, victims))
+            cost_ns = asyncio.run(notify_cost(store.url))
         finally:
             store.stop()
-    print(f"{args.requests} streamed requests, concurrency {args.concurrency}, 2 workers")
+    print(f"notify() with the receiver down and the queue full: {cost_ns / 1000:.1f} µs/call")
+    print(f"{args.requests} streamed requests, concurrency {args.concurrency}, 2 workers, "
+          f"{args.event_lanes} threads quarantining keys meanwhile")  # fmt: skip
     print(f"{'webhook':<24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'quarantines':>12}")
     for r in results:
         print(f"{r['label']:<24} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f} "
