@@ -92,6 +92,13 @@ class Alerts:
             raise ValueError(f"unknown event type {event_type!r}")
         if dedupe is not None and not self._first_here(dedupe, ttl_s):
             return
+        if self._queue.full():
+            self.dropped += 1
+            self._count("dropped")
+            # Logged at drops 1, 2, 4, 8 … and every 1000th: a long outage must not flood the log.
+            if self.dropped & (self.dropped - 1) == 0 or self.dropped % 1000 == 0:
+                log.error("alert queue full (%d events); %d dropped", QUEUE_SIZE, self.dropped)
+            return
         data, dropped = events.clean_payload(payload)
         if dropped:
             log.warning("event %s: fields %s are not allowed in payloads; dropped", event_type,
@@ -100,13 +107,7 @@ class Alerts:
             events.event_id(dedupe), event_type, data, time.time(),
             None if dedupe is None else ttl_s,
         )  # fmt: skip
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            self._count("dropped")
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.error("alert queue full (%d events); %d dropped", QUEUE_SIZE, self.dropped)
+        self._queue.put_nowait(event)  # not full: checked above, nothing awaited since
 
     def _first_here(self, dedupe: str, ttl_s: int) -> bool:
         now = time.monotonic()

@@ -16,7 +16,7 @@ import valkey.asyncio as avalkey
 from gateway import errors, events
 from gateway.alerts import QUEUE_SIZE, Alerts
 from gateway.config import Settings
-from gateway.embedded_valkey import free_port
+from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.plans import Plan
 from gateway.scripts import Scripts
@@ -167,3 +167,28 @@ async def test_customers_are_mailed_once_per_window_threshold_and_on_quarantine(
     assert sum("80 % of its 5-hour" in m for m in mails) == 1
     assert sum("100 % of its 5-hour" in m for m in mails) == 1
     assert sum("sk_live_k1_" in m and "quarantined" in m for m in mails) == 1
+
+
+async def test_a_valkey_outage_is_reported_even_though_valkey_cannot_deduplicate_it(
+    simulator: str, tmp_path: Path
+) -> None:
+    store = EmbeddedValkey(tmp_path / "valkey", unix_socket=False)
+    store.start()
+    try:
+        customer = await new_customer(store.url)
+        with webhook_receiver() as receiver:
+            port = free_port()
+            (tmp_path / "data").mkdir()
+            env = gateway_env(
+                store.url, simulator, tmp_path / "data", port,
+                ANTEX_WEBHOOK_URL=receiver.url, ANTEX_WEBHOOK_SECRET=SECRET,
+            )  # fmt: skip
+            with run_gateway(env, port, tmp_path / "gateway.log") as url:
+                assert post_from(url, customer.key, "127.0.0.80").status_code == 200
+                store.stop()
+                assert post_from(url, customer.key, "127.0.0.80").status_code == 503
+                delivery = receiver.wait_for(events.VALKEY_ERROR, {"where": "request"})
+    finally:
+        store.stop()
+    assert events.verify(SECRET, delivery.headers[events.SIGNATURE_HEADER], delivery.body)
+    assert isinstance(delivery.json()["data"]["worker_pid"], int)
