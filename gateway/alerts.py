@@ -86,10 +86,10 @@ class Alerts:
         ttl_s: int = 3600,
     ) -> None:
         """Queues one event and returns at once; see ``events.Notify``."""
-        if not self.enabled:
-            return
         if event_type not in events.EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}")
+        if not self.enabled:
+            return
         if dedupe is not None and not self._first_here(dedupe, ttl_s):
             return
         if self._queue.full():
@@ -116,6 +116,10 @@ class Alerts:
             return False
         if len(self._recent) >= _LOCAL_MAX:
             self._recent = {k: v for k, v in self._recent.items() if v > now}
+            if len(self._recent) >= _LOCAL_MAX // 2:
+                # Still crowded: forget it all rather than scan it on every call; the claim
+                # in Valkey keeps the events single anyway, at one more call each.
+                self._recent.clear()
         self._recent[dedupe] = now + ttl_s
         return True
 
