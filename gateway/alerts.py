@@ -86,9 +86,11 @@ class Alerts:
         ttl_s: int = 3600,
     ) -> None:
         """Queues one event and returns at once; see ``events.Notify``."""
-        if event_type not in events.EVENT_TYPES:
-            raise ValueError(f"unknown event type {event_type!r}")
         if not self.enabled:
+            return
+        if event_type not in events.EVENT_TYPES:
+            # A bug in the caller, but an alert must never fail the request that raised it.
+            log.error("unknown event type %r not sent", event_type)
             return
         if dedupe is not None and not self._first_here(dedupe, ttl_s):
             return
