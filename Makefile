@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 BENCH := $(VENV)/.installed-bench
 
-.PHONY: run test clients lint typecheck bench loadtest clean
+.PHONY: run test clients lint typecheck bench loadtest image image-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,15 @@ bench: $(BENCH)
 
 loadtest: $(BENCH)
 	$(BIN)/python -m loadtests.run
+
+# The container image; `make image BASE=...` picks another Python base image.
+BASE ?= python:3.11-slim
+image:
+	podman build --format docker --build-arg BASE=$(BASE) -t antex-gateway:latest -f Containerfile .
+
+# Offline proof of the image (root, podman, runc, debootstrap); not part of `make test`.
+image-test: $(STAMP)
+	PY=$(BIN)/python ops/image-test.sh
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

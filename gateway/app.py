@@ -12,6 +12,7 @@ import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
 
 from gateway import admin_api, errors, observability
+from gateway.alerts import Alerts
 from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
@@ -66,6 +67,9 @@ class Resources:
             on_bad_secret=self._bad_secret,
         )
         self.pipeline = Pipeline(settings, self.auth, self.limiter, self.catalog, self.metrics)
+        self.alerts = Alerts(settings, self.valkey, metrics=self.metrics)
+        self.limiter.notify = self.pipeline.notify = self.alerts.notify
+        self.upstream.on_disabled = self.alerts.upstream_disabled
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
 
@@ -73,10 +77,12 @@ class Resources:
         await self.limiter.record_key_failure(account_id=account_id, key_id=key_id, ip_tag=ip_tag)
 
     async def start(self) -> None:
+        await self.alerts.start()
         try:
             await self.scripts.load(self.valkey)
         except errors.ServiceUnavailable:
             log.error("valkey unreachable at start-up; /readyz will report not ready")
+            self.alerts.valkey_error("startup")
         else:
             self.ready = True
         await self.upstream.start()
@@ -104,6 +110,7 @@ class Resources:
         for task in self._tasks:
             task.cancel()
         await self.pipeline.drain()
+        await self.alerts.stop()
         await self.upstream.close()
         self.auth.close()
         await self.valkey.aclose()

@@ -25,6 +25,7 @@ from gateway import (
     audit,
     erasure,
     keyspace,
+    layout,
     snapshot,
     upstream_store,
 )
@@ -77,6 +78,8 @@ async def admin_valkey(settings: Settings, *, init: bool = False) -> AsyncIterat
             embedded = candidate
     client = open_client(url, decode_responses=True)
     try:
+        # Operator commands never write into a layout they do not understand.
+        layout.refuse_newer(await layout.stamped_version(client) or layout.UNVERSIONED)
         yield client
     finally:
         await client.aclose()

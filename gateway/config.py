@@ -73,6 +73,22 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _webhook_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = ",".join(env.get(name, "") for name in ("ANTEX_WEBHOOK_URL", "ANTEX_WEBHOOK_URLS"))
+    urls = tuple(dict.fromkeys(u.strip() for u in raw.split(",") if u.strip()))
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"ANTEX_WEBHOOK_URL(S): {url!r} is not an http(s) URL")
+    return urls
+
+
+def _webhook_secret(env: Mapping[str, str]) -> str | None:
+    secret = env.get("ANTEX_WEBHOOK_SECRET") or None
+    if _webhook_urls(env) and (secret is None or len(secret) < 16):
+        raise ConfigError("ANTEX_WEBHOOK_SECRET (16+ characters) signs webhooks; set it")
+    return secret
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -126,6 +142,9 @@ class Settings:
     smtp_sender: str = "antex@localhost"
     plans_page_text: str = "Ask your operator to change plans or add IP slots."
     audit_retention_days: int = 400
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    customer_notices: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -175,6 +194,9 @@ class Settings:
             plans_page_text=e.get("ANTEX_PLANS_TEXT")
             or "Ask your operator to change plans or add IP slots.",
             audit_retention_days=_int(e, "ANTEX_AUDIT_RETENTION_DAYS", 400, 1),
+            webhook_urls=_webhook_urls(e),
+            webhook_secret=_webhook_secret(e),
+            customer_notices=_choice(e, "ANTEX_CUSTOMER_NOTICES", "off", ("off", "on")) == "on",
         )
 
     def pool_policy(self) -> PoolPolicy:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NoReturn
 
-from gateway import errors, keyspace
+from gateway import errors, events, keyspace
 from gateway.keyspace import AccountKeys
 from gateway.plans import DEFAULT_MAX_KEYS
 from gateway.scripts import Client, Scripts, fail_closed
@@ -182,6 +182,9 @@ class CreditLimiter:
         self._clock = clock
         self.settings = settings or LimiterSettings()
         self._dropped_fields: set[str] = set()
+        # The worker's alerts (set by the app): quarantines and window thresholds learnt
+        # from the scripts' replies, so alerting costs no extra Valkey call per request.
+        self.notify: events.Notify = events.ignore
 
     async def admit(
         self,
@@ -216,9 +219,14 @@ class CreditLimiter:
         if outcome != "ok":
             await self._refuse(outcome, raw, now, account_id, key_id)
         bound = bool(int(raw[1]))
+        if int(raw[2] if check_only else raw[9]):
+            self._flagged(account_id, key_id, now)
         if check_only:
             return Admission(ip_newly_bound=bound, check_only=True, reserved_mc=0)
         used5, limit5, used7, limit7, reserved, in_flight, mine = (int(v) for v in raw[2:9])
+        if used5 * 5 >= limit5 * 4 or used7 * 5 >= limit7 * 4:  # 80 %: the lowest notice
+            self._window_notice(account_id, "5h", used5, limit5)
+            self._window_notice(account_id, "7d", used7, limit7)
         return Admission(bound, False, mine, used5, limit5, used7, limit7, reserved, in_flight)
 
     async def _refuse(
@@ -270,6 +278,7 @@ class CreditLimiter:
             )
         if outcome in _WINDOW_WORDS:
             frees = Frees(int(raw[1]), now)
+            self._window_notice(account_id, outcome, int(raw[2]), int(raw[3]))
             raise errors.RateLimited(
                 f"{_WINDOW_WORDS[outcome]} usage limit reached; capacity frees at "
                 f"{frees.at} (in {frees.wait_text}).",
@@ -279,10 +288,39 @@ class CreditLimiter:
             )
         raise RuntimeError(f"admit.lua returned an unknown outcome {outcome!r}")
 
+    def _flagged(self, account_id: str, key_id: str, now: int) -> None:
+        """This call raised the account's key-sharing flag: tell the operator, once."""
+        log.warning("account %s flagged for key sharing (key %s)", account_id, key_id)
+        self.notify(
+            events.KEY_FLAGGED,
+            {"account_id": account_id, "key_id": key_id, "at_ms": now, "signal": "key_sharing"},
+            dedupe=f"{events.KEY_FLAGGED}:{account_id}:{now}",
+        )
+
+    def _window_notice(self, account_id: str, window: str, used_mc: int, limit_mc: int) -> None:
+        percent = events.threshold_crossed(used_mc, limit_mc)
+        if percent is None:
+            return
+        window_ms = self.settings.window_5h_ms if window == "5h" else self.settings.window_7d_ms
+        self.notify(
+            events.WINDOW_THRESHOLD,
+            {"account_id": account_id, "window": window, "percent": percent,
+             "used_mc": used_mc, "limit_mc": limit_mc},
+            # One notice per threshold while the window that crossed it lasts.
+            dedupe=f"{events.WINDOW_THRESHOLD}:{account_id}:{window}:{percent}",
+            ttl_s=window_ms // 1000,
+        )  # fmt: skip
+
     async def _index_quarantine(self, account_id: str, key_id: str, now: int, reason: str) -> None:
         # The key is already quarantined in its own hash; the global index only feeds the
         # operator's list, so losing this write must not turn into a second error.
         log.warning("key %s of account %s quarantined: %s", key_id, account_id, reason)
+        # Only the caller whose script call quarantined the key gets here: one event.
+        self.notify(
+            events.KEY_QUARANTINED,
+            {"account_id": account_id, "key_id": key_id, "reason": reason, "at_ms": now},
+            dedupe=f"{events.KEY_QUARANTINED}:{account_id}:{key_id}:{now}",
+        )
         try:
             with fail_closed():
                 await self._client.zadd(keyspace.QUARANTINE_INDEX, {f"{account_id}:{key_id}": now})

@@ -210,6 +210,14 @@ class Metrics:
             registry=own,
         )
         self.pool = PoolMetrics(own)
+        webhooks = Counter(
+            "antex_webhook_deliveries",
+            "Operator webhook deliveries by result: delivered, failed (all retries spent), "
+            "dropped (this worker's queue was full).",
+            ("result",),
+            registry=own,
+        )
+        self._webhooks = {r: webhooks.labels(r) for r in ("delivered", "failed", "dropped")}
         self._series: dict[tuple[str, int, str], _Series] = {}
         self._upstream_kinds = {k: self._upstream.labels(k) for k in UPSTREAM_KINDS}
         self._windows = {w: self._refusals.labels(w) for w in WINDOWS}
@@ -268,6 +276,9 @@ class Metrics:
 
     def valkey_error(self) -> None:
         self._valkey.inc()
+
+    def webhook(self, result: str) -> None:
+        self._webhooks[result].inc()
 
     def upstream_error(self, kind: str) -> None:
         child = self._upstream_kinds.get(kind)
@@ -375,6 +386,7 @@ def _count_error_responses(app: Application, res: Resources) -> None:
         metrics.error_response(response.status, exc.code)
         if isinstance(exc, errors.ServiceUnavailable):
             metrics.valkey_error()
+            res.alerts.valkey_error("request")
         # An upstream failure after admission already has its billed line from finish().
         if not isinstance(exc, errors.UpstreamFailed) and access.isEnabledFor(logging.INFO):
             rid = response.get_first_header(b"request-id")

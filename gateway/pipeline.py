@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 from blacksheep import Request
 from blacksheep.contents import ASGIContent
 
-from gateway import errors, netaddr
+from gateway import errors, events, netaddr
 from gateway.auth import AuthedKey, Authenticator
 from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
@@ -83,6 +84,7 @@ class Pipeline:
         self.catalog = catalog
         self.metrics = metrics
         self._settling: set[asyncio.Task[None]] = set()
+        self.notify: events.Notify = events.ignore  # the worker's alerts, set by the app
 
     def client_tag(self, request: Request) -> str:
         scope = request.scope
@@ -321,6 +323,20 @@ class Pipeline:
             # The reservation expires on its own; the charge is lost and must be visible.
             self.metrics.valkey_error()
             log.error("settle failed request_id=%s: %s", ticket.request_id, exc.message)
+            # During an outage every settle fails: one event per minute says so.
+            self.notify(
+                events.SETTLE_FAILED,
+                {"account_id": ticket.authed.account_id, "key_id": ticket.authed.key_id,
+                 "request_id": ticket.request_id, "credits_mc": cost, "error": exc.code},
+                dedupe=events.per_minute(events.SETTLE_FAILED),
+            )  # fmt: skip
+            if isinstance(exc, errors.ServiceUnavailable):
+                self.notify(
+                    events.VALKEY_ERROR,
+                    {"where": "settle", "worker_pid": os.getpid()},
+                    dedupe=events.per_minute(events.VALKEY_ERROR),
+                    ttl_s=120,
+                )
 
     async def drain(self) -> None:
         if self._settling:

@@ -130,6 +130,8 @@ class Upstream:
         self.key = "pool"
         self.metrics: PoolMetrics | None = None
         self.on_event: Callable[[dict[str, Any]], None] = lambda event: None
+        # (upstream id, reason) of an upstream that refused its own key: the operator alert.
+        self.on_disabled: Callable[[str, str], None] = lambda upstream_id, reason: None
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=settings.upstream_connect_timeout,
@@ -255,16 +257,13 @@ class Upstream:
             return
         if event["t"] == "disable":
             member = self.view.by_id(event["id"])
-            upstream_disabled(member.name if member else event["id"], event["why"])
+            name = member.name if member else event["id"]
+            # The metric is the pool's antex_pool_upstreams_disabled gauge; this worker saw
+            # the refusal, so it raises the log line and the operator webhook once.
+            log.error("upstream %s disabled: %s; fix its key, then `antex upstream enable %s`",
+                      name, event["why"], name)  # fmt: skip
+            self.on_disabled(event["id"], event["why"])
         self.on_event(event)
-
-
-def upstream_disabled(name: str, reason: str) -> None:
-    """The operator alert for an upstream that refused its own credentials; the metric is
-    the pool's ``antex_pool_upstreams_disabled`` gauge. Operator webhooks belong here too:
-    notify("upstream.disabled", {"upstream": name, "reason": reason})."""
-    log.error("upstream %s disabled: %s; fix its key, then `antex upstream enable %s`",
-              name, reason, name)  # fmt: skip
 
 
 async def _discard(resp: aiohttp.ClientResponse) -> None:

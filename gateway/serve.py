@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import accounts, keyspace, upstream_store
+from gateway import accounts, keyspace, layout, upstream_store
 from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.errors import ConfigError
@@ -74,6 +74,8 @@ async def _prepare(settings: Settings, demo: bool) -> str | None:
     """Seeds plans; with ``demo``, makes the demo account and returns a new key once."""
     client = open_client(settings.valkey_url or "")
     try:
+        # Before any worker starts: refuse a newer data layout, migrate an older one.
+        await layout.ensure_layout(client)
         await list_plans(client)  # seeds the shipped plans on first use
         # Operator commands build sign-in links with the server's address, not their own env.
         await client.set(keyspace.PUBLIC_URL, settings.base_url)

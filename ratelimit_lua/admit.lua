@@ -35,8 +35,11 @@ ARGV
   15 default_max_keys (accounts whose plan snapshot predates the key cap)
   16 sharing_period_ms
 RETURNS a flat array, first element the outcome:
-  {"ok", ip_bound_now}                                  check_only
-  {"ok", ip_bound_now, used5, limit5, used7, limit7, reserved_total, in_flight, reservation}
+  {"ok", ip_bound_now, flagged_now}                     check_only
+  {"ok", ip_bound_now, used5, limit5, used7, limit7, reserved_total, in_flight, reservation,
+   flagged_now}
+  (flagged_now: 1 only from the call that raised the key-sharing flag, so exactly one caller
+  reports it)
   {"revoked"}
   {"quarantined", quarantined_now (0|1), reason}
   {"no_plan", why ("missing"|"expired"|"zero_limit"|<account status>), period_end_ms}
@@ -137,6 +140,7 @@ end
 
 -- 3b. Key sharing: only a network never seen in the period can change the count.
 local account_slots = (tonumber(acct[5]) or 0) + (tonumber(acct[6]) or 0)
+local flagged_now = 0
 if redis.call('ZADD', KEYS[10], int(now), ip) == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', int(now - sharing_ms))
   local seen = redis.call('ZCARD', KEYS[10])
@@ -149,6 +153,7 @@ if redis.call('ZADD', KEYS[10], int(now), ip) == 1 then
       .. hours .. ' h; the plan allows ' .. int(allowed) .. ' (' .. int(max_keys)
       .. ' keys x ' .. int(account_slots) .. ' IP slots); the keys may be shared'
     redis.call('HSET', KEYS[1], 'shared_flag_ms', int(now), 'shared_flag_reason', reason)
+    flagged_now = 1
     redis.call('XADD', KEYS[9], 'MAXLEN', '~', events_maxlen, '*', 'type', 'account_flagged',
       'key_id', key_id, 'at_ms', int(now), 'reason', reason,
       'ips', table.concat(redis.call('ZRANGE', KEYS[10], 0, -1), ','))
@@ -158,7 +163,7 @@ redis.call('PEXPIRE', KEYS[10], sharing_ms)
 
 -- 4. count_tokens / models: key and IP checks only, nothing reserved.
 if check_only then
-  return {'ok', bound_now}
+  return {'ok', bound_now, flagged_now}
 end
 
 -- 5. Drop buckets that have left their window; the running total is rebuilt from what stays.
@@ -262,4 +267,5 @@ redis.call('HSET', KEYS[8], request_id, int(reservation), 'total', int(reserved)
 redis.call('PEXPIRE', KEYS[7], ttl_ms)
 redis.call('PEXPIRE', KEYS[8], ttl_ms)
 redis.call('HSET', KEYS[2], 'last_used_ms', int(now))
-return {'ok', bound_now, used5, limit5, used7, limit7, reserved, in_flight + 1, reservation}
+return {'ok', bound_now, used5, limit5, used7, limit7, reserved, in_flight + 1, reservation,
+  flagged_now}

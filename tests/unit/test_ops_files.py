@@ -56,6 +56,7 @@ def exposed_metric_names(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     metrics.stream_opened()
     metrics.auth_lookup(True)
     metrics.error_response(401, "authentication_error")
+    metrics.webhook("failed")
     text = metrics.render().decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
@@ -70,6 +71,7 @@ def test_alert_rules_cover_the_signals_operators_need() -> None:
         "AntexUpstreamErrorRate",
         "AntexWindowRefusalSurge",
         "AntexNoTraffic",
+        "AntexWebhooksFailing",
     } <= names
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
@@ -104,6 +106,7 @@ def test_ops_files_reference_only_served_metrics(monkeypatch: pytest.MonkeyPatch
         "antex_millicredits_total",
         "antex_auth_cache_lookups_total",
         "antex_valkey_errors_total",
+        "antex_webhook_deliveries_total",
     ):
         assert family in exposed and family in referenced, family
     assert referenced - exposed == set()
@@ -258,3 +261,34 @@ def test_nginx_keeps_the_operator_surfaces_off_the_public_listener() -> None:
         start = conf.index(location + " {")
         body = conf[start : conf.index("}", start)]
         assert "return 404;" in body and "proxy_pass" not in body, location
+
+
+ROOT = OPS.parent
+
+
+def test_compose_runs_the_gateway_against_a_separate_persistent_valkey() -> None:
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    valkey_service, gateway = doc["services"]["valkey"], doc["services"]["antex"]
+    command = valkey_service["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert any(v.endswith(":/data") for v in valkey_service["volumes"])
+    assert gateway["build"]["dockerfile"] == "Containerfile"
+    assert gateway["environment"]["ANTEX_VALKEY_URL"].startswith("valkey://")
+    assert gateway["depends_on"]["valkey"]["condition"] == "service_healthy"
+    assert any(v.endswith(":/var/lib/antex") for v in gateway["volumes"])
+    config = (ROOT / "gateway" / "config.py").read_text() + (
+        ROOT / "gateway" / "observability.py"
+    ).read_text()
+    for name in gateway["environment"]:
+        assert f'"{name}"' in config, f"{name} is not a setting Antex reads"
+
+
+def test_the_containerfile_runs_unprivileged_with_a_volume_and_a_readiness_check() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    assert "ARG BASE=python:3.11-slim" in text
+    assert text.count("FROM ${BASE}") == 2  # wheels built in the first stage
+    final = text[text.rindex("FROM ${BASE}") :]
+    assert "USER antex" in final and 'VOLUME ["/var/lib/antex"]' in final
+    assert "/readyz" in final.split("HEALTHCHECK", 1)[1].split("\n\n", 1)[0]
+    assert 'CMD ["serve"]' in final and "--demo" not in final
