@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote
 
 from blacksheep import Application, Request, Response
 
-from gateway import accounts, audit, erasure, errors, wire
+from gateway import accounts, audit, erasure, errors, upstream_store, wire
 from gateway.clock import make_clock
 from gateway.console import views
 from gateway.console.sessions import SESSION_TTL_MS, ConsoleSessions, OperatorSession
@@ -41,6 +41,8 @@ NOTICES = {
     "deleted": "The account is erased.", "revoked": "The key is revoked.",
     "released": "The key is released from quarantine.", "unbound": "IP addresses unbound.",
     "saved": "The plan is saved.", "signed_out": "You are signed out.",
+    "cleared": "The key-sharing flag is cleared.", "enabled": "The upstream is enabled.",
+    "disabled": "The upstream is disabled.",
 }  # fmt: skip
 
 Handler = Callable[..., Awaitable[Response]]
@@ -354,8 +356,35 @@ class Console:
         if isinstance(found, Response):
             return found
         rows = await accounts.list_quarantined(self.client)
+        flagged = await accounts.list_flagged(self.client)
         return self.html(request, found, "quarantine.html",
-                         {"title": "Quarantine", "nav": "quarantine", "rows": rows})  # fmt: skip
+                         {"title": "Quarantine", "nav": "quarantine", "rows": rows,
+                          "flagged": flagged})  # fmt: skip
+
+    async def clear_flag(self, request: Request, account: str) -> Response:
+        async def change(op: Operator, form: dict[str, str]) -> str:
+            await op.clear_flag(await accounts.require_account(self.client, account))
+            return f"{BASE}/quarantine?done=cleared"
+
+        return await self.act(request, change)
+
+    # -- upstreams -------------------------------------------------------------------------
+
+    async def upstreams(self, request: Request) -> Response:
+        found = await self.signed_in(request)
+        if isinstance(found, Response):
+            return found
+        rows = await upstream_store.views(self.client, self.clock())
+        return self.html(request, found, "upstreams.html",
+                         {"title": "Upstreams", "nav": "upstreams", "rows": rows})  # fmt: skip
+
+    async def switch_upstream(self, request: Request, upstream: str) -> Response:
+        async def change(op: Operator, form: dict[str, str]) -> str:
+            enable = form.get("enable") == "1"
+            await op.enable_upstream(upstream, enable)
+            return f"{BASE}/upstreams?done={'enabled' if enable else 'disabled'}"
+
+        return await self.act(request, change)
 
     async def plans(self, request: Request) -> Response:
         found = await self.signed_in(request)
@@ -447,6 +476,14 @@ def register(app: Application, res: Resources) -> Console:
 
         return call
 
+    def with_upstream(handler: Handler) -> Handler:
+        wrapped = c.page(handler)
+
+        async def call(request: Request, upstream: str) -> Response:
+            return await wrapped(request, upstream=upstream)
+
+        return call
+
     r = app.router
     r.add_get(BASE, plain(c.root))
     r.add_get(SIGNIN, plain(c.signin_form))
@@ -465,6 +502,9 @@ def register(app: Application, res: Resources) -> Console:
     r.add_post(f"{BASE}/keys/:key_id/unbind", with_key(c.unbind))
     r.add_post(f"{BASE}/keys/:key_id/ip-slots", with_key(c.key_slots))
     r.add_get(f"{BASE}/quarantine", plain(c.quarantine))
+    r.add_post(f"{BASE}/accounts/:account/clear-flag", with_account(c.clear_flag))
+    r.add_get(f"{BASE}/upstreams", plain(c.upstreams))
+    r.add_post(f"{BASE}/upstreams/:upstream/switch", with_upstream(c.switch_upstream))
     r.add_get(f"{BASE}/plans", plain(c.plans))
     r.add_post(f"{BASE}/plans", plain(c.save_plan))
     r.add_get(f"{BASE}/traffic", plain(c.traffic))

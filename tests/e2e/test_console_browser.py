@@ -91,6 +91,17 @@ def quarantine(valkey_url: str, account_id: str, key_id: str) -> None:
         client.close()
 
 
+def flag(valkey_url: str, account_id: str) -> None:
+    # What admit.lua writes when an account's keys are seen from too many networks.
+    client = valkey.Valkey.from_url(valkey_url)
+    try:
+        client.hset(keyspace.AccountKeys(account_id).account,
+                    mapping={"shared_flag_ms": str(system_clock()),
+                             "shared_flag_reason": "5 distinct networks"})  # fmt: skip
+    finally:
+        client.close()
+
+
 async def test_operator_finds_an_account_releases_a_key_edits_a_plan_and_sees_the_trail(
     browser: Browser, console_server: Server, valkey_url: str, tmp_path: Path
 ) -> None:
@@ -167,13 +178,45 @@ async def test_operator_finds_an_account_releases_a_key_edits_a_plan_and_sees_th
         await page.get_by_role("link", name="Deletions").click()
         await expect(page.get_by_role("heading", name="Deletion requests")).to_be_visible()
 
+        # A key-sharing flag is listed with the quarantine and cleared in one click.
+        flag(valkey_url, customer.account_id)
+        await page.get_by_role("link", name="Quarantine").click()
+        await page.get_by_role("button", name=f"Clear the flag of {customer.email}").click()
+        await expect(page.get_by_role("status")).to_have_text("The key-sharing flag is cleared.")
+        await expect(page.get_by_text("No account is flagged.")).to_be_visible()
+
+        # Upstreams: health and the fingerprint, never the key; one click disables one. (It
+        # serves only a model no test uses, so the shared store's other gateways never pick it.)
+        upstream = f"console-up-{uuid.uuid4().hex[:6]}"
+        admin = httpx.AsyncClient(base_url=console_server.url,
+                                  headers={"authorization": f"Bearer {token}"})  # fmt: skip
+        added = await admin.post("/admin/upstreams", json={
+            "name": upstream, "url": "http://127.0.0.1:9", "key": "sk-console-canary-key",
+            "models": ["claude-mythos-preview"]})  # fmt: skip
+        assert added.status_code == 201, added.text
+        try:
+            await page.get_by_role("link", name="Upstreams").click()
+            row = page.get_by_role("row").filter(has_text=upstream)
+            await expect(row).to_contain_text(added.json()["key_fingerprint"])
+            await page.get_by_role("button", name=f"Disable {upstream}").click()
+            await expect(page.get_by_role("status")).to_have_text("The upstream is disabled.")
+            await expect(page.get_by_role("row").filter(has_text=upstream)).to_contain_text(
+                "disabled"
+            )
+            await shot(page, "7b-upstreams")
+            assert "sk-console-canary-key" not in await page.content()
+        finally:
+            await admin.delete(f"/admin/upstreams/{upstream}")
+            await admin.aclose()
+
         # Every action, by this operator, in the audit trail.
         await page.get_by_role("link", name="Audit trail").click()
         await page.get_by_label("Actor").fill(f"console:{name}")
         await page.get_by_role("button", name="Filter").click()
         await shot(page, "8-audit")
         body = page.locator("tbody")
-        for action in ("key.release", "plan.set", "key.ip_slots", "key.unbind"):
+        for action in ("key.release", "plan.set", "key.ip_slots", "key.unbind",
+                       "account.clear_flag", "upstream.disable"):
             await expect(body).to_contain_text(action)
         await expect(body).to_contain_text("ip_slots: 2 → 5")
         await expect(body).to_contain_text("status: quarantined → active")
