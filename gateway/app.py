@@ -172,9 +172,9 @@ def create_app(settings: Settings) -> Application:
         return json_response(200, {"status": "ready"})
 
     async def not_found(request: Request) -> Response:
-        return error_response(
-            request, errors.NotFound(f"Not found: {request.method} {request.path}")
-        )
+        # Raised, not returned: the error handler logs it, so a wrong base URL shows up in
+        # the access log under the request id the client got.
+        raise errors.NotFound(f"Not found: {request.method} {request.path}")
 
     async def get_model(request: Request, model_id: str) -> Response:
         return await anthropic.get_model(request, model_id)
@@ -186,7 +186,9 @@ def create_app(settings: Settings) -> Application:
     router.add_get("/", root)
     router.add_head("/", root)
     router.add_get("/healthz", healthz)
+    router.add_head("/healthz", healthz)  # uptime probes often send HEAD
     router.add_get("/readyz", readyz)
+    router.add_head("/readyz", readyz)
     router.add_post("/v1/messages", handler(anthropic.messages))
     router.add_post("/v1/messages/count_tokens", handler(anthropic.count_tokens))
     router.add_get("/v1/models", handler(anthropic.list_models))

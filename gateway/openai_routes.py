@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 from blacksheep import Content, Request, Response
 
-from gateway import errors
+from gateway import errors, wire
 from gateway.auth import AuthedKey
 from gateway.edge import request_id, stream_response
 from gateway.pipeline import Pipeline, Ticket, asgi_content
@@ -30,7 +30,7 @@ from gateway.proxy import (
     watch_disconnect,
 )
 from gateway.sse import EventSplitter, usage_from_message
-from gateway.translate.common import anthropic_error_to_openai
+from gateway.translate.common import anthropic_error_to_openai, fit_output_limit
 from gateway.translate.openai_chat import (
     ChatStreamTranslator,
     anthropic_to_chat_response,
@@ -107,7 +107,10 @@ class OpenAIRoutes:
     async def chat_completions(self, request: Request) -> Response:
         payload, caller, adaptive = await self._read(request)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
-        ticket = await self._admit(request, "chat_completions", caller, translated)
+        explicit = any(payload.get(f) is not None for f in ("max_completion_tokens", "max_tokens"))
+        ticket = await self._admit(
+            request, "chat_completions", caller, translated, explicit_max=explicit
+        )
         resp = await self._post(request, ticket)
         if not self._is_stream(resp):
             data = await self._whole(ticket, resp)
@@ -128,7 +131,10 @@ class OpenAIRoutes:
         payload, caller, adaptive = await self._read(request)
         translated, ctx = responses_request_to_anthropic(payload, adaptive_thinking=adaptive)
         try:
-            ticket = await self._admit(request, "responses", caller, translated)
+            ticket = await self._admit(
+                request, "responses", caller, translated,
+                explicit_max=payload.get("max_output_tokens") is not None,
+            )  # fmt: skip
         except errors.RateLimited as exc:
             if payload.get("stream") is not True:
                 raise
@@ -152,17 +158,21 @@ class OpenAIRoutes:
     def _refused_stream(
         self, request: Request, ctx: ResponsesContext, exc: errors.RateLimited
     ) -> Response:
-        """A window refusal as Codex can act on it (F.5): an HTTP 429 is fatal to Codex, while
-        ``response.failed`` with ``rate_limit_exceeded`` and "try again in Ns" is retried then.
+        """A window refusal as Codex can act on it (F.5): ``response.failed`` with
+        ``rate_limit_exceeded`` and "try again in Ns" makes Codex wait N s and retry, right
+        for a short wait. For a full window (hours) Codex would sleep that long, up to
+        stream_max_retries times, showing nothing; ``invalid_prompt`` is the code Codex 0.171
+        ends the turn on at once while printing our message (window and when it frees).
         """
         rid = request_id(request)
         translator = ResponsesStreamTranslator(
             ctx, response_id="resp_" + rid.removeprefix("req_"), created_at=int(time.time())
         )
+        short = exc.retry_after_s <= wire.RETRY_HINT_LIMIT_S
         body = translator.start() + translator.error(
             {"type": "rate_limit_error", "message": exc.message},
-            code="rate_limit_exceeded",
-            retry_after_s=exc.retry_after_s,
+            code="rate_limit_exceeded" if short else "invalid_prompt",
+            retry_after_s=exc.retry_after_s if short else None,
         )
         return Response(
             200, [(b"retry-after", str(exc.retry_after_s).encode())], Content(SSE, body)
@@ -188,9 +198,14 @@ class OpenAIRoutes:
         return payload, caller, adaptive
 
     async def _admit(
-        self, request: Request, route: str, caller: _Caller, translated: dict[str, Any]
-    ) -> Ticket:
+        self, request: Request, route: str, caller: _Caller, translated: dict[str, Any],
+        *, explicit_max: bool,
+    ) -> Ticket:  # fmt: skip
         p = self.p
+        model_id = translated.get("model")
+        limit = p.output_limit(model_id) if isinstance(model_id, str) else None
+        if limit is not None and not explicit_max:
+            fit_output_limit(translated, limit)
         model, max_tokens = p.check_messages(translated)
         body = orjson.dumps(translated)  # the estimate prices the bytes Claude will read
         authed, ip_tag = caller
@@ -232,6 +247,8 @@ class OpenAIRoutes:
         ticket.first_byte()
         if resp.status >= 500 or resp.status == 429:
             self.p.metrics.upstream_error(str(resp.status))
+        # The record keeps the upstream's status (a 529 stays visible as an overload); the
+        # client gets OpenAI's mapping of it.
         self.p.finish(ticket, {}, resp.status, "upstream_error")
         status, body = anthropic_error_to_openai(resp.status, raw)
         return _json(status, body, response_headers(resp))

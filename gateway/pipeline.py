@@ -132,6 +132,13 @@ class Pipeline:
             raise errors.InvalidRequest("Request body must be a JSON object.")
         return payload
 
+    def output_limit(self, model_id: str) -> int | None:
+        """The largest max_tokens a request for ``model_id`` may name: the model's output
+        limit, or the operator's lower ANTEX_MAX_TOKENS; None when neither is known."""
+        info = self.catalog.lookup(model_id)
+        limits = [n for n in (info and info.max_output_tokens, self.settings.max_tokens_limit) if n]
+        return min(limits) if limits else None
+
     def check_messages(self, payload: dict[str, Any]) -> tuple[ModelInfo, int]:
         """Validates an Anthropic Messages payload; returns its model and max_tokens.
 

@@ -10,7 +10,7 @@ import orjson
 import valkey.asyncio as avalkey
 from blacksheep import Content, Request, Response
 
-from gateway import errors
+from gateway import errors, wire
 from gateway.accounts import get_account
 from gateway.catalog import ModelInfo
 from gateway.edge import request_id, stream_response
@@ -91,7 +91,10 @@ class AnthropicRoutes:
         data = await self.p.read_whole(ticket, resp)
         usage = usage_from_message(data)[0] if resp.status == 200 else {}
         self.p.finish(ticket, usage, resp.status, "ok" if resp.status == 200 else "upstream_error")
-        # Upstream error bodies go back unmodified: clients match on their wording.
+        if resp.status != 200:
+            # Upstream error wording goes back unmodified (clients match on it); the id in it
+            # becomes ours, the one the access log and the request-id header carry.
+            data = wire.with_request_id(data, ticket.request_id)
         return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
 
     def _stream(self, ticket: Ticket, request: Request, resp: Any) -> Response:
@@ -130,6 +133,8 @@ class AnthropicRoutes:
         path = path_with_query("/v1/messages/count_tokens", request)
         resp = await self.upstream.post(path, body, headers, stream=False)
         data = await read_body(resp)
+        if resp.status != 200:
+            data = wire.with_request_id(data, request_id(request))
         return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
 
     async def list_models(self, request: Request) -> Response:

@@ -12,7 +12,7 @@ import orjson
 from gateway import errors
 
 # Claude Code and the Stainless SDKs retry 429s for minutes unless told not to.
-_RETRY_HINT_LIMIT_S = 60
+RETRY_HINT_LIMIT_S = 60
 
 _STATUS: tuple[tuple[type[errors.AntexError], int], ...] = (
     (errors.InvalidRequest, 400),
@@ -52,7 +52,7 @@ def headers_of(err: errors.AntexError, request_id: str) -> list[tuple[bytes, byt
     headers = [(b"request-id", request_id.encode())]
     if isinstance(err, errors.RateLimited):
         headers.append((b"retry-after", str(err.retry_after_s).encode()))
-        if err.retry_after_s > _RETRY_HINT_LIMIT_S:
+        if err.retry_after_s > RETRY_HINT_LIMIT_S:
             headers.append((b"x-should-retry", b"false"))
     elif isinstance(err, errors.AuthenticationFailed | errors.PermissionDenied):
         headers.append((b"x-should-retry", b"false"))
@@ -100,3 +100,19 @@ def upstream_lost_event(timeout: bool) -> bytes:
         else errors.UpstreamFailed("Upstream connection lost")
     )
     return sse_error_event(err)
+
+
+def with_request_id(body: bytes, request_id: str) -> bytes:
+    """An upstream error body with its ``request_id`` replaced by the gateway's own, so the
+    id a customer quotes is the one in our logs; the error's type and wording stay as sent
+    (clients recover by matching them). Bodies that are not such JSON pass unchanged."""
+    if b'"request_id"' not in body:
+        return body
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(doc, dict) or "request_id" not in doc:
+        return body
+    doc["request_id"] = request_id
+    return orjson.dumps(doc)

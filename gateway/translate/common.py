@@ -245,6 +245,22 @@ def apply_thinking(request: dict[str, Any], effort: Any, *, explicit_max: bool, 
         request["tool_choice"] = {k: v for k, v in choice.items() if k != "name"} | {"type": "auto"}
 
 
+def fit_output_limit(request: dict[str, Any], limit: int) -> None:
+    """Lowers a max_tokens the gateway chose (the client named none) to ``limit``, the
+    model's output limit or the operator's cap, keeping a thinking budget below it: the
+    gateway must never refuse a value it picked itself."""
+    if request["max_tokens"] <= limit:
+        return
+    request["max_tokens"] = limit
+    thinking = request.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        if limit < 2 * MIN_THINKING_BUDGET:
+            del request["thinking"]
+        else:
+            room = max(limit - ANSWER_TOKENS, limit // 2)  # keep room for the answer
+            thinking["budget_tokens"] = min(thinking["budget_tokens"], room)
+
+
 def _final_assistant_turn_lacks_thinking(messages: list[dict[str, Any]]) -> bool:
     # The final assistant turn is a prefill, or the one whose calls the tool loop answers.
     last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 # version on any format change; blobs from other servers (or versions) are dropped on replay.
 REASONING_PREFIX = "antex1:"
 DEFAULT_RETRY_AFTER_S = 5
+# Codex ends a turn for good on server_is_overloaded ("Selected model is at capacity"); a
+# mid-stream overload is transient, so it goes as server_error, which Codex retries.
 _FAILURE_CODES = {
     "rate_limit_error": "rate_limit_exceeded",
-    "overloaded_error": "server_is_overloaded",
+    "overloaded_error": "server_error",
     "invalid_request_error": "invalid_prompt",
     "billing_error": "insufficient_quota",
 }

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ pytestmark = [
 
 
 def codex_home(
-    tmp_path: Path, stack: Stack, extra: str = "", headers: dict[str, str] | None = None
+    tmp_path: Path, stack: Stack, extra: str = "", headers: dict[str, str] | None = None,
+    retries: bool = False,
 ) -> Path:
     """The README's provider block; retries off so a broken stream fails the test; commands
     the model asks for run in a read-only sandbox; no plugin sync (it would call GitHub)."""
@@ -49,8 +51,7 @@ def codex_home(
         f'base_url = "{stack.url}/v1"\n'
         'env_key = "ANTEX_API_KEY"\n'
         'wire_api = "responses"\n'
-        "request_max_retries = 0\n"
-        "stream_max_retries = 0\n"
+        + ("" if retries else "request_max_retries = 0\nstream_max_retries = 0\n") +
         f"http_headers = {{ {sent} }}\n"
         "[features]\n"
         "plugins = false\n"
@@ -196,8 +197,9 @@ def test_codex_reasoning_turn_resumes_with_its_history(
 async def test_codex_window_refusal_is_shown_with_its_window(
     stack: Stack, valkey_url: str, tmp_path: Path, sync_valkey: valkey.Valkey
 ) -> None:
-    """A refused Codex stream is ``response.failed`` / rate_limit_exceeded (F.5): Codex
-    reports the window's message instead of an opaque 429."""
+    """A full window ends Codex's turn at once with the window's message, with Codex's own
+    retry settings left at their defaults: a multi-hour "try again in" would have it sleep
+    for hours, silently, up to five times."""
     probe = {"model": MODEL, "max_output_tokens": 4000, "input": "hi"}
     translated = responses_request_to_anthropic(probe)[0]
     rates = load_catalog(None).by_id[MODEL].rates
@@ -213,8 +215,11 @@ async def test_codex_window_refusal_is_shown_with_its_window(
         )  # fmt: skip
     assert spent.status_code == 200
     await asyncio.to_thread(billed, sync_valkey, customer, 1)
-    home = codex_home(tmp_path, stack)
+    home = codex_home(tmp_path, stack, retries=True)
+    started = time.monotonic()
     done = await asyncio.to_thread(codex, home, customer.key, "Say hello")
     assert done.returncode != 0
     shown = done.stdout + done.stderr
     assert "5-hour usage limit reached" in shown, shown[-3000:]
+    assert "frees at" in shown and "Reconnecting" not in shown
+    assert time.monotonic() - started < 60

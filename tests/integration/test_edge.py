@@ -292,3 +292,49 @@ async def test_an_origin_allow_list_echoes_allowed_origins_only(
 async def _aoptions(url: str, headers: dict[str, str]) -> httpx.Response:
     async with httpx.AsyncClient() as client:
         return await client.options(url, headers=headers)
+
+
+def test_an_upstream_error_body_names_the_id_the_header_carries(
+    stack: Stack, customer: Customer
+) -> None:
+    body = {"model": MODEL, "max_tokens": 64, "messages": MESSAGES}
+    for fault in ("400", "429", "529"):
+        resp = _send(stack.url, "POST", "/v1/messages", body,
+                     {"x-api-key": customer.key, "x-sim-fault": fault})  # fmt: skip
+        doc = orjson.loads(resp.content)
+        assert doc["request_id"] == resp.headers["request-id"], fault
+        assert doc["error"]["type"] in ("invalid_request_error", "rate_limit_error",
+                                        "overloaded_error")  # fmt: skip
+
+
+@pytest.mark.parametrize("effort", ["high", "xhigh"])
+def test_a_max_tokens_the_gateway_picks_fits_the_models_output_limit(
+    stack: Stack, customer: Customer, effort: str
+) -> None:
+    """claude-opus-4-1 writes at most 32,000 tokens; a reasoning budget plus room for the
+    answer must not push the gateway's own default past it."""
+    auth = {"x-api-key": customer.key}
+    chat = {"model": "claude-opus-4-1", "reasoning_effort": effort,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    resp = _send(stack.url, "POST", "/v1/chat/completions", chat, auth)
+    assert resp.status_code == 200, resp.text
+    responses = {"model": "claude-opus-4-1", "input": "hi", "reasoning": {"effort": effort}}
+    resp = _send(stack.url, "POST", "/v1/responses", responses, auth)
+    assert resp.status_code == 200, resp.text
+    # A value the client names is still checked.
+    named = {**chat, "max_completion_tokens": 40_000}
+    assert _send(stack.url, "POST", "/v1/chat/completions", named, auth).status_code == 400
+
+
+def test_health_probes_answer_head(stack: Stack) -> None:
+    for path in ("/healthz", "/readyz"):
+        assert httpx.head(stack.url + path).status_code == 200, path
+
+
+async def test_an_unknown_path_is_logged_under_the_id_it_was_answered_with(
+    edge_gateway: tuple[str, Path]
+) -> None:
+    url, log_path = edge_gateway
+    resp = await _asend(url, "POST", "/v1/v1/messages", {"model": MODEL}, {})
+    assert resp.status_code == 404
+    assert (await _logged(log_path, resp.headers["request-id"]))["status"] == 404

@@ -805,11 +805,13 @@ async def test_window_refusals_are_429_with_retry_after_naming_the_window(
             stack.move_clock(-moved)  # other tests share this server's clock
 
 
-async def test_codex_stream_refusal_is_200_response_failed_it_retries(
+async def test_codex_stream_refusal_of_a_full_window_is_final_with_its_window(
     stack: Stack, valkey_url: str, log_of: Any
 ) -> None:
-    """F.5: Codex treats an HTTP 429 as fatal but retries ``rate_limit_exceeded`` failures
-    after the delay named in the message."""
+    """A full window frees in hours: ``rate_limit_exceeded`` with "try again in Ns" would
+    have Codex sleep N s per retry, so the refusal is a final ``response.failed`` whose
+    message names the window and when it frees (Codex ends the turn on ``invalid_prompt``
+    and prints the message)."""
     customer = await new_customer(valkey_url, tiny_plan(call_responses))
     moved = 0
     with client_for(stack, customer.key) as client:
@@ -832,11 +834,10 @@ async def test_codex_stream_refusal_is_200_response_failed_it_retries(
                     "response.created", "response.in_progress", "response.failed"
                 ]
                 error = events[-1].response.error
-                assert error is not None and error.code == "rate_limit_exceeded"
-                assert window in error.message
-                # Codex's pattern: (?i)try again in\s*(\d+(?:\.\d+)?)\s*(s|ms|seconds?)
-                seconds = int(error.message.rsplit("try again in ", 1)[1].rstrip("s."))
-                assert seconds > (6 * 24 * 3600 if window == "Weekly" else 4 * 3600)
+                assert error is not None and error.code == "invalid_prompt"
+                assert window in error.message and "frees at" in error.message
+                # Codex's pattern (?i)try again in\s*(\d+...) must not match: it would sleep.
+                assert "try again in" not in error.message.lower()
             # Non-stream Responses requests keep the plain 429.
             with pytest.raises(openai.RateLimitError):
                 call_responses(client, window_request(call_responses))

@@ -404,8 +404,10 @@ def test_context_window_exceeded_fails_with_the_code_codex_handles() -> None:
 
 @pytest.mark.parametrize(
     ("error", "kwargs", "code", "message"),
+    # A mid-stream overload is transient: server_error, which Codex retries (it gives up for
+    # good on server_is_overloaded).
     [({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, {},
-      "server_is_overloaded", "Overloaded"),
+      "server_error", "Overloaded"),
      ({"type": "rate_limit_error", "message": "Too many requests."}, {"retry_after_s": 7},
       "rate_limit_exceeded", "Too many requests. Please try again in 7s."),
      ({"type": "invalid_request_error", "message": "prompt is too long: 201000 tokens"}, {},
@@ -432,7 +434,7 @@ def test_upstream_error_event_and_ping_during_the_stream() -> None:
     assert keepalive[0]["response"]["output"][0]["type"] == "reasoning"
     failed = parse_sse(translator.feed("error", {"type": "error", "error": {
         "type": "overloaded_error", "message": "Overloaded"}}))
-    assert failed[0]["response"]["error"]["code"] == "server_is_overloaded"
+    assert failed[0]["response"]["error"]["code"] == "server_error"
 
 
 def test_openai_sdk_stream_helper_accumulates_the_final_response() -> None:
