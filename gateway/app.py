@@ -50,8 +50,8 @@ class Resources:
                 reserve_output_cap=max(1, settings.reserve_output_cap),
                 ip_quarantine_count=settings.quarantine_ip_count,
                 ip_quarantine_period_ms=settings.quarantine_ip_period_s * 1000,
-                failure_quarantine_count=settings.quarantine_failures,
-                failure_quarantine_period_ms=settings.quarantine_failure_period_s * 1000,
+                failure_alert_count=settings.quarantine_failures,
+                failure_alert_period_ms=settings.quarantine_failure_period_s * 1000,
             ),
         )
         self.auth = Authenticator(
@@ -65,7 +65,10 @@ class Resources:
         self.ready = False
 
     async def _bad_secret(self, account_id: str, key_id: str, ip_tag: str) -> None:
-        await self.limiter.record_key_failure(account_id=account_id, key_id=key_id, ip_tag=ip_tag)
+        alerted = await self.limiter.record_key_failure(
+            account_id=account_id, key_id=key_id, ip_tag=ip_tag
+        )
+        self.metrics.wrong_secret(alerted)
 
     async def start(self) -> None:
         try:

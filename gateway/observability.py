@@ -197,6 +197,18 @@ class Metrics:
             ("result",),
             registry=own,
         )
+        self._wrong_secrets = Counter(
+            "antex_auth_wrong_secrets",
+            "Wrong secrets presented for existing key ids (brute force on a known id).",
+            registry=own,
+        )
+        self._security = Counter(
+            "antex_security_events",
+            "Security events written for the operator, by type (wrong_secrets: a burst of "
+            "wrong secrets for one key id crossed ANTEX_QUARANTINE_FAILURES).",
+            ("type",),
+            registry=own,
+        )
         self._valkey = Counter(
             "antex_valkey_errors",
             "Valkey calls that failed (requests refused with 503, settlements lost).",
@@ -216,6 +228,7 @@ class Metrics:
         self._error_kinds: dict[tuple[int, str], Any] = {}
         self._streams.set(0)  # so the series exists (at 0) before the first stream
         self._valkey.inc(0)
+        self._wrong_secrets.inc(0)
 
     def _new_series(self, route: str, status: int, model: str) -> _Series:
         tokens = self._tokens
@@ -281,6 +294,11 @@ class Metrics:
 
     def auth_lookup(self, hit: bool) -> None:
         (self._auth_hit if hit else self._auth_miss).inc()
+
+    def wrong_secret(self, alerted: bool) -> None:
+        self._wrong_secrets.inc()
+        if alerted:
+            self._security.labels("wrong_secrets").inc()
 
     def error_response(self, status: int, error_type: str) -> None:
         child = self._error_kinds.get((status, error_type))
