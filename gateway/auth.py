@@ -90,7 +90,7 @@ class Authenticator:
         # A bounded pool at the lowest CPU priority: a flood of wrong secrets can use these
         # threads, never the loop, and the loops of both workers win any contention.
         self._pool = ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="bcrypt", initializer=_lowest_priority
+            max_workers=2, thread_name_prefix="bcrypt", initializer=None
         )
         self._on_bad_secret = on_bad_secret
         self.hits = 0

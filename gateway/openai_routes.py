@@ -29,6 +29,7 @@ from gateway.proxy import (
     upstream_headers,
     watch_disconnect,
 )
+from gateway.schemas import ChatBody, ResponsesBody
 from gateway.sse import EventSplitter, usage_from_message
 from gateway.translate.common import anthropic_error_to_openai
 from gateway.translate.openai_chat import (
@@ -105,7 +106,7 @@ class OpenAIRoutes:
     # -- POST /v1/chat/completions -------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        payload, caller, adaptive = await self._read(request)
+        payload, caller, adaptive = await self._read(request, ChatBody)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
         ticket = await self._admit(request, "chat_completions", caller, translated)
         resp = await self._post(request, ticket)
@@ -125,7 +126,7 @@ class OpenAIRoutes:
     # -- POST /v1/responses --------------------------------------------------------------------
 
     async def responses(self, request: Request) -> Response:
-        payload, caller, adaptive = await self._read(request)
+        payload, caller, adaptive = await self._read(request, ResponsesBody)
         translated, ctx = responses_request_to_anthropic(payload, adaptive_thinking=adaptive)
         try:
             ticket = await self._admit(request, "responses", caller, translated)
@@ -176,10 +177,12 @@ class OpenAIRoutes:
 
     # -- shared steps --------------------------------------------------------------------------
 
-    async def _read(self, request: Request) -> tuple[dict[str, Any], _Caller, bool]:
+    async def _read(
+        self, request: Request, schema: type[Any]
+    ) -> tuple[dict[str, Any], _Caller, bool]:
         p = self.p
         caller = await p.authenticate(request)
-        payload = p.parse(await p.read_body(request))
+        payload = p.parse(await p.read_body(request), schema)
         model_id = payload.get("model")
         adaptive = False
         if isinstance(model_id, str) and model_id:
