@@ -39,6 +39,7 @@ _MISSING = (
 _WRONG = "Invalid operator token."
 _READ_ONLY = "This operator token is read-only; a full token is needed to change anything."
 _PAGE_MAX = 500
+_INT32 = 2**31 - 1
 
 Endpoint = Callable[..., Awaitable[Response]]
 
@@ -69,6 +70,8 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = False
         return None
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise InvalidRequest(f"{name}: must be an integer", param=name)
+    if kind is int and abs(value) > _INT32:
+        raise InvalidRequest(f"{name}: out of range (at most {_INT32})", param=name)
     if not isinstance(value, kind):
         raise InvalidRequest(f"{name}: must be a {kind.__name__}", param=name)
     return value
@@ -79,7 +82,7 @@ def query_int(request: Request, name: str, default: int, maximum: int) -> int:
     if not raw:
         return default
     try:
-        value = int(raw[0])
+        value = int(raw[0][:12])
     except ValueError:
         raise InvalidRequest(f"{name}: must be an integer", param=name) from None
     return max(1, min(maximum, value))
@@ -214,7 +217,7 @@ class AdminApi:
         q = request.query
         account = (q.get("account") or [""])[0]
         since = (q.get("since_ms") or [""])[0]
-        if since and not since.isdigit():
+        if since and (not since.isdigit() or len(since) > 15):
             raise InvalidRequest("since_ms: must be an integer", param="since_ms")
         found, more = await audit.query(
             self.valkey,
