@@ -18,7 +18,7 @@ from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.console import routes as console
 from gateway.dashboard import routes as dashboard
-from gateway.edge import edge_middleware, error_response
+from gateway.edge import asgi_guard, edge_middleware, error_response
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.observability import Metrics, configure_logging
 from gateway.openai_routes import OpenAIRoutes
@@ -192,4 +192,4 @@ def app_from_env() -> Any:
     """The granian factory target: each worker builds its app from the environment."""
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return asgi_guard(create_app(settings), settings.body_read_timeout)

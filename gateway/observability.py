@@ -25,6 +25,7 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway import __version__, errors
+from gateway.edge import route_template
 from gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -397,7 +398,7 @@ def _count_error_responses(app: Application, res: Resources) -> None:
             fields = {
                 "request_id": rid.decode() if rid else None,
                 "method": request.method,
-                "path": request.path,
+                "path": route_template(app_, request),
                 "ip_tag": pipeline.client_tag(request),
                 "status": response.status,
                 "error_type": exc.code,
