@@ -10,6 +10,8 @@ from typing import Any
 
 import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
 
 from gateway import admin_api, errors, observability
 from gateway.auth import Authenticator
@@ -35,8 +37,22 @@ class Resources:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Sub-second socket timeouts and no retries: a hung Valkey turns into a 503 within
+        # a second instead of stalling every request for valkey-py's default 5 s.
         self.valkey = open_client(
-            settings.valkey_url or "", max_connections=512, health_check_interval=30
+            settings.valkey_url or "",
+            max_connections=512,
+            health_check_interval=30,
+            socket_timeout=settings.valkey_timeout,
+            socket_connect_timeout=settings.valkey_connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # Pub/sub waits for messages for hours: its own connection, without a read timeout.
+        self.subscriber = open_client(
+            settings.valkey_url or "",
+            max_connections=2,
+            health_check_interval=30,
+            socket_connect_timeout=settings.valkey_connect_timeout,
         )
         self.scripts = Scripts()
         self.upstream = Upstream(settings)
@@ -87,7 +103,7 @@ class Resources:
     async def _listen(self) -> None:
         while True:
             try:
-                await self.auth.listen_for_invalidations(self.valkey)
+                await self.auth.listen_for_invalidations(self.subscriber)
             except (OSError, avalkey.ValkeyError):
                 await asyncio.sleep(1.0)
 
@@ -98,6 +114,7 @@ class Resources:
         await self.upstream.close()
         self.auth.close()
         await self.valkey.aclose()
+        await self.subscriber.aclose()
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -147,11 +164,12 @@ def create_app(settings: Settings) -> Application:
 
     async def readyz(request: Request) -> Response:
         try:
-            await res.valkey.ping()
-            if not res.ready:
-                await res.scripts.load(res.valkey)
-                res.ready = True
-        except (OSError, avalkey.ValkeyError, errors.ServiceUnavailable):
+            async with asyncio.timeout(settings.readyz_timeout):
+                await res.valkey.ping()
+                if not res.ready:
+                    await res.scripts.load(res.valkey)
+                    res.ready = True
+        except (OSError, avalkey.ValkeyError, errors.ServiceUnavailable, TimeoutError):
             return json_response(503, {"status": "valkey unreachable"})
         return json_response(200, {"status": "ready"})
 
