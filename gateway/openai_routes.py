@@ -129,6 +129,11 @@ class OpenAIRoutes:
         payload, caller, adaptive = await self._read(request, ResponsesBody)
         translated, ctx = responses_request_to_anthropic(payload, adaptive_thinking=adaptive)
         try:
+            # The answer echoes these request fields: refuse now what could not be written.
+            orjson.dumps([ctx.text, ctx.tools, ctx.metadata, ctx.tool_choice, ctx.reasoning])
+        except orjson.JSONEncodeError:
+            raise errors.InvalidRequest("Request body is nested too deeply.") from None
+        try:
             ticket = await self._admit(request, "responses", caller, translated)
         except errors.RateLimited as exc:
             if payload.get("stream") is not True:
@@ -195,7 +200,11 @@ class OpenAIRoutes:
     ) -> Ticket:
         p = self.p
         model, max_tokens = p.check_messages(translated)
-        body = orjson.dumps(translated)  # the estimate prices the bytes Claude will read
+        try:
+            body = orjson.dumps(translated)  # the estimate prices the bytes Claude will read
+        except orjson.JSONEncodeError:
+            # orjson writes at most 254 levels; a deeper tool schema is no real request.
+            raise errors.InvalidRequest("Request body is nested too deeply.") from None
         authed, ip_tag = caller
         return await p.admit(
             request_id=request_id(request), route=route, authed=authed, ip_tag=ip_tag, model=model,
