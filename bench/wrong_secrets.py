@@ -1,5 +1,6 @@
 """Legit latency while strangers send wrong secrets for a known key id: p50/p99 of cache-hit
-requests alone, then during bursts (one address, then 200 addresses). Usage:
+requests alone, then during bursts (one address, then 200 addresses, then the same traffic
+for an unknown key id as a control for the attack's plain load). Usage:
 `python -m bench.wrong_secrets [--seconds 8]`; prints one JSON line."""
 
 from __future__ import annotations
@@ -101,12 +102,16 @@ def main() -> None:
             _, keys = stack.customer(valkey.url, "legit@bench.local", keys=4)
             _, (victim,) = stack.customer(valkey.url, "victim@bench.local")
             url = f"http://127.0.0.1:{antex.port}"
+            many = [f"127.0.9.{i}" for i in range(1, 201)]
             asyncio.run(phase(url, keys, victim, 2, []))  # warm the key cache
             result = {
                 "baseline": asyncio.run(phase(url, keys, victim, args.seconds, [])),
                 "one_address": asyncio.run(phase(url, keys, victim, args.seconds, ["127.0.0.70"])),
-                "200_addresses": asyncio.run(
-                    phase(url, keys, victim, args.seconds, [f"127.0.9.{i}" for i in range(1, 201)])
+                "200_addresses": asyncio.run(phase(url, keys, victim, args.seconds, many)),
+                # Control: the same traffic for a key id that does not exist (no bcrypt, one
+                # Valkey read): what the attack costs as plain load.
+                "200_addresses_unknown_id": asyncio.run(
+                    phase(url, keys, "sk_live_000000000000_x", args.seconds, many)
                 ),
             }
             print(orjson.dumps(result).decode())

@@ -7,18 +7,16 @@ holds at once on every worker. Pub/sub invalidation also drops cached entries.
 Wrong secrets throttle the address that sends them, never the key's owner: key ids are
 public, so a stranger must not be able to lock a key. A throttled address may still present
 a key that parses and whose id exists (a shared address with one bad client); the bcrypt
-work such attempts cost is bounded per key id, per address/key pair and per address, and
-runs on low-priority threads so a burst does not slow other customers.
+work such attempts cost is bounded per key id, per address/key pair and per address (one
+bcrypt at a time), so a burst does not slow other customers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import sys
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -52,12 +50,6 @@ def _ignore_lookup(hit: bool) -> None:
     return None
 
 
-def _lowest_priority() -> None:
-    # Linux nice values are per thread; elsewhere the call would renice the whole process.
-    if sys.platform == "linux":
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 class Authenticator:
     def __init__(
         self,
@@ -84,14 +76,11 @@ class Authenticator:
         # for that key unless the address is one the key is bound to.
         self._pair_failures: TTLCache[tuple[str, str], int] = TTLCache(size, 60)
         self._pair_failures_limit = pair_failures_per_minute
-        # A throttled address gets one bcrypt at a time, whatever it sends.
-        self._address_gates: dict[str, asyncio.Semaphore] = {}
+        # One bcrypt at a time per failing key id and per throttled address (see _check).
+        self._gates: dict[str, asyncio.Semaphore] = {}
         self._inflight: dict[bytes, asyncio.Future[AuthedKey | None]] = {}
-        # A bounded pool at the lowest CPU priority: a flood of wrong secrets can use these
-        # threads, never the loop, and the loops of both workers win any contention.
-        self._pool = ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="bcrypt", initializer=None
-        )
+        # A bounded pool: a flood of wrong secrets can use these threads, never the loop.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
         self._on_bad_secret = on_bad_secret
         self.hits = 0
         self.misses = 0
@@ -172,26 +161,38 @@ class Authenticator:
                 # Raised rather than returned so a correct secret is not remembered as wrong.
                 raise AuthenticationFailed(_THROTTLED if throttled else _INVALID)
         hashed_text = hashed.decode() if isinstance(hashed, bytes) else str(hashed)
-        ok = await self._check(parsed.secret, hashed_text, ip_tag, throttled)
+        ok = await self._check(parsed.secret, hashed_text, ip_tag, parsed.key_id, throttled)
         if not ok:
             await self._bad_secret(account, parsed.key_id, ip_tag, pair)
             return None
         self._pair_failures.pop(pair, None)
         return AuthedKey(account, parsed.key_id)
 
-    async def _check(self, secret: str, hashed: str, ip_tag: str, throttled: bool) -> bool:
+    async def _check(
+        self, secret: str, hashed: str, ip_tag: str, key_id: str, throttled: bool
+    ) -> bool:
+        """bcrypt in the pool. A key id that has failed lately and a throttled address each
+        get one bcrypt at a time, so a burst against one key holds one thread, not all."""
         loop = asyncio.get_running_loop()
-        if not throttled:
+        gates = [f"k:{key_id}"] if key_id in self._key_failures else []
+        if throttled:
+            gates.append(f"a:{ip_tag}")
+        async with contextlib.AsyncExitStack() as stack:
+            for name in gates:
+                await stack.enter_async_context(self._gate(name))
             return await loop.run_in_executor(self._pool, keys.check_secret, secret, hashed)
-        gate = self._address_gates.get(ip_tag)
+
+    @contextlib.asynccontextmanager
+    async def _gate(self, name: str) -> AsyncIterator[None]:
+        gate = self._gates.get(name)
         if gate is None:
-            gate = self._address_gates[ip_tag] = asyncio.Semaphore(1)
+            gate = self._gates[name] = asyncio.Semaphore(1)
         try:
             async with gate:
-                return await loop.run_in_executor(self._pool, keys.check_secret, secret, hashed)
+                yield
         finally:
-            if not gate.locked() and self._address_gates.get(ip_tag) is gate:
-                del self._address_gates[ip_tag]
+            if not gate.locked() and self._gates.get(name) is gate:
+                del self._gates[name]
 
     async def _bad_secret(self, account: str, key_id: str, ip_tag: str, pair: Pair) -> None:
         self._key_failures[key_id] = self._key_failures.get(key_id, 0) + 1
