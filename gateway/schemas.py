@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Meta, Raw, Struct
 
 from gateway.errors import InvalidRequest
 
@@ -31,23 +31,19 @@ class AnthropicMetadata(Struct):
     user_id: str | None = None
 
 
+# The gateway passes these bodies through: what it does not read stays undecoded (Raw), so
+# checking a long conversation costs a scan, not a second tree of Python objects.
 class MessagesBody(Struct):
     model: Name
-    messages: list[Obj]
+    messages: list[Raw]
     max_tokens: Positive = 4096
     stream: bool | None = None
     metadata: AnthropicMetadata | None = None
-    system: str | list[Obj] | None = None
-    tools: list[Obj] | None = None
-    tool_choice: Obj | None = None
-    thinking: Obj | None = None
 
 
 class CountTokensBody(Struct):
     model: Name
-    messages: list[Obj] | None = None
-    system: str | list[Obj] | None = None
-    tools: list[Obj] | None = None
+    messages: list[Raw] | None = None
 
 
 # ---------------------------------------------------------------- /v1/chat/completions
