@@ -189,3 +189,26 @@ def test_a_hung_valkey_turns_into_quick_503s_and_recovers(
             assert time.monotonic() < deadline, "no recovery after SIGCONT"
             time.sleep(0.05)
         assert client.get("/readyz").status_code == 200
+
+
+BAD_HEADERS = [
+    b"x-a\x01b: 1\r\n",
+    b"x-api-key: \xff\xfe\r\n",
+    b"x-api-key: sk_live_\xc3\xa9_abc\r\n",
+    b"content-type: application/json\x00\r\n",
+    b"authorization: Bearer \xe2\x80\xae\r\n",
+    b"anthropic-version: " + b"9" * 8000 + b"\r\n",
+    b"no colon here\r\n",
+]
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS, ids=range(len(BAD_HEADERS)))
+def test_bad_header_bytes_are_4xx_or_closed(own: Own, header: bytes) -> None:
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 2\r\n"
+        + header + b"\r\n{}"
+    )  # fmt: skip
+    answer, closed = raw_exchange(own.port, request)
+    assert closed and status_of(answer) < 500, answer[:200]
+    if status_of(answer) >= 400 and body_of(answer):
+        assert orjson.loads(body_of(answer))["error"]["message"]
