@@ -8,12 +8,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import msgspec
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from gateway import accounts, admin_tokens, audit, erasure, openapi, upstream_store
+from gateway import accounts, admin_tokens, audit, erasure, openapi, schemas, upstream_store
 from gateway.clock import make_clock
 from gateway.errors import (
     AuthenticationFailed,
@@ -40,39 +41,20 @@ _MISSING = (
 _WRONG = "Invalid operator token."
 _READ_ONLY = "This operator token is read-only; a full token is needed to change anything."
 _PAGE_MAX = 500
+T = TypeVar("T")
 
 Endpoint = Callable[..., Awaitable[Response]]
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def body_as(request: Request, schema: type[T]) -> T:
+    """The JSON body checked against ``schema`` (gateway.schemas); an empty body is ``{}``."""
     declared = request.get_first_header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
     data = await request.read() or b""
     if len(data) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
-    if not data.strip():
-        return {}
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("Request body is not valid JSON.") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    return payload
-
-
-def field(body: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise InvalidRequest(f"{name}: field required", param=name)
-        return None
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidRequest(f"{name}: must be an integer", param=name)
-    if not isinstance(value, kind):
-        raise InvalidRequest(f"{name}: must be a {kind.__name__}", param=name)
-    return value
+    return schemas.check(data if data.strip() else b"{}", schema)
 
 
 def query_int(request: Request, name: str, default: int, maximum: int) -> int:
@@ -80,7 +62,7 @@ def query_int(request: Request, name: str, default: int, maximum: int) -> int:
     if not raw:
         return default
     try:
-        value = int(raw[0])
+        value = int(raw[0][:12])
     except ValueError:
         raise InvalidRequest(f"{name}: must be an integer", param=name) from None
     return max(1, min(maximum, value))
@@ -162,11 +144,9 @@ class AdminApi:
         return json_response(200, page(found, limit, offset))
 
     async def create_account(self, request: Request) -> Response:
-        body = await json_body(request)
-        email = field(body, "email", str, required=True)
-        plan = field(body, "plan", str)
-        if plan is None and "plan" not in body:
-            plan = await self._default_plan()
+        body = await body_as(request, schemas.CreateAccountBody)
+        email = body.email
+        plan = await self._default_plan() if body.plan is msgspec.UNSET else body.plan
         account_id = await self.acting(request).create_account(email, plan)
         return json_response(
             201, await accounts.show_account(self.valkey, account_id, now_ms=self.now())
@@ -185,16 +165,14 @@ class AdminApi:
         )
 
     async def assign_plan(self, request: Request, account: str) -> Response:
-        body = await json_body(request)
-        plan = field(body, "plan", str, required=True)
-        days = field(body, "period_days", int)
+        body = await body_as(request, schemas.AssignPlanBody)
+        plan, days = body.plan, body.period_days
         view = await self.acting(request).assign_plan(await self.account_id(account), plan, days)
         return json_response(200, view)
 
     async def extend(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
-        body = await json_body(request)
-        days = field(body, "days", int)
+        days = (await body_as(request, schemas.ExtendBody)).days
         view = await self.acting(request).extend(account_id, days)
         return json_response(200, view)
 
@@ -216,7 +194,7 @@ class AdminApi:
         q = request.query
         account = (q.get("account") or [""])[0]
         since = (q.get("since_ms") or [""])[0]
-        if since and not since.isdigit():
+        if since and (not since.isdigit() or len(since) > 15):
             raise InvalidRequest("since_ms: must be an integer", param="since_ms")
         found, more = await audit.query(
             self.valkey,
@@ -233,7 +211,7 @@ class AdminApi:
 
     async def account_slots(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
-        add = field(await json_body(request), "add", int, required=True)
+        add = (await body_as(request, schemas.SlotsBody)).add
         total = await self.acting(request).add_account_slots(account_id, add)
         return json_response(200, {"account_id": account_id, "extra_ip_slots": total})
 
@@ -257,7 +235,7 @@ class AdminApi:
 
     async def create_key(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
-        name = field(await json_body(request), "name", str) or "default"
+        name = (await body_as(request, schemas.CreateKeyBody)).name or "default"
         created = await self.acting(request).create_key(account_id, name)
         # The only response that ever carries a key; it is not logged and cannot be repeated.
         return json_response(
@@ -283,8 +261,8 @@ class AdminApi:
 
     async def unbind(self, request: Request, key_id: str) -> Response:
         account_id, key = await self.key_ref(key_id)
-        body = await json_body(request)
-        ip, everything = field(body, "ip", str), field(body, "all", bool)
+        body = await body_as(request, schemas.UnbindBody)
+        ip, everything = body.ip, body.all
         if (ip is None) == (not everything):
             raise InvalidRequest('send either {"ip": "<address>"} or {"all": true}', param="ip")
         removed = await self.acting(request).unbind_ips(account_id, key, ip)
@@ -292,7 +270,7 @@ class AdminApi:
 
     async def key_slots(self, request: Request, key_id: str) -> Response:
         account_id, key = await self.key_ref(key_id)
-        add = field(await json_body(request), "add", int, required=True)
+        add = (await body_as(request, schemas.SlotsBody)).add
         total = await self.acting(request).add_key_slots(account_id, key, add)
         view = await accounts.get_key(self.valkey, account_id, key)
         return json_response(
@@ -320,20 +298,20 @@ class AdminApi:
         return json_response(200, {"data": plans})
 
     async def put_plan(self, request: Request, name: str) -> Response:
-        body = await json_body(request)
-        max_keys = field(body, "max_keys", int)
+        body = await body_as(request, schemas.PlanBody)
+        max_keys = body.max_keys
         if max_keys is None:
             current = next((p for p in await list_plans(self.valkey) if p.name == name), None)
             max_keys = current.max_keys if current else DEFAULT_MAX_KEYS
         try:
             plan = Plan(
                 name=name,
-                credits_5h=field(body, "credits_5h", int, required=True),
-                credits_7d=field(body, "credits_7d", int, required=True),
-                ip_slots=field(body, "ip_slots", int, required=True),
-                concurrency=field(body, "concurrency", int, required=True),
-                period_days=field(body, "period_days", int) or 30,
-                description=field(body, "description", str) or "",
+                credits_5h=body.credits_5h,
+                credits_7d=body.credits_7d,
+                ip_slots=body.ip_slots,
+                concurrency=body.concurrency,
+                period_days=body.period_days or 30,
+                description=body.description or "",
                 max_keys=max_keys,
             )
         except ConfigError as exc:
@@ -350,19 +328,19 @@ class AdminApi:
         return json_response(200, {"data": await upstream_store.views(self.valkey, self.now())})
 
     async def add_upstream(self, request: Request) -> Response:
-        body = await json_body(request)
-        models = field(body, "models", list) or []
-        if not all(isinstance(m, str) and m for m in models):
+        body = await body_as(request, schemas.AddUpstreamBody)
+        models = body.models or []
+        if not all(models):
             raise InvalidRequest("models: must be a list of model ids", param="models")
         box = SecretBox(load_master_key(self.settings.secret_key, self.settings.data_dir))
         view = await self.acting(request).add_upstream(
             box,
-            name=field(body, "name", str, required=True),
-            url=field(body, "url", str, required=True),
-            key=field(body, "key", str, required=True),
-            weight=field(body, "weight", int) or 1,
+            name=body.name,
+            url=body.url,
+            key=body.key,
+            weight=body.weight or 1,
             models=tuple(models),
-            max_concurrent=field(body, "max_concurrent", int),
+            max_concurrent=body.max_concurrent,
         )  # fmt: skip
         # The answer names the key by its fingerprint only.
         return json_response(201, view)
@@ -385,7 +363,7 @@ class AdminApi:
         return json_response(200, await self.acting(request).enable_upstream(upstream, False))
 
     async def upstream_weight(self, request: Request, upstream: str) -> Response:
-        weight = field(await json_body(request), "weight", int, required=True)
+        weight = (await body_as(request, schemas.WeightBody)).weight
         return json_response(200, await self.acting(request).set_upstream_weight(upstream, weight))
 
 

@@ -245,6 +245,7 @@ SCHEMAS: dict[str, Schema] = {
         type={
             "enum": [
                 "key_quarantined",
+                "wrong_secrets",
                 "key_released",
                 "key_revoked",
                 "ip_unbound",

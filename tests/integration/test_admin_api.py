@@ -262,3 +262,32 @@ def test_openapi_json_is_served_and_matches_the_module(stack: Stack) -> None:
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("application/json")
     assert answer.json() == orjson.loads(orjson.dumps(openapi.document()))
+
+
+async def test_out_of_range_periods_and_counts_are_refused_and_listings_keep_working(
+    stack: Stack, admin: Admin
+) -> None:
+    email = f"range-{secrets.token_hex(4)}@example.test"
+    account_id = admin.post("/admin/accounts", {"email": email, "plan": "starter"}, status=201)[
+        "id"
+    ]
+    before = admin.get(f"/admin/accounts/{account_id}")["period_end_ms"]
+    refused = [
+        ("extend", {"days": 3_000_000}),
+        ("extend", {"days": 2**63 - 1}),
+        ("plan", {"plan": "starter", "period_days": 3_000_000}),
+        ("ip-slots", {"add": 2**62}),
+        ("ip-slots", {"add": 5_000_000}),
+    ]
+    for action, body in refused:
+        error = admin.post(f"/admin/accounts/{account_id}/{action}", body, status=400)
+        assert error["error"]["type"] == "invalid_request_error", (action, body)
+    # The largest extension that still fits is taken, and every view still renders.
+    for _ in range(2):  # ~2,740 years each: 2026 + 2 x 2,740 still fits, a third does not
+        admin.post(f"/admin/accounts/{account_id}/extend", {"days": 1_000_000})
+    admin.post(f"/admin/accounts/{account_id}/extend", {"days": 1_000_000}, status=400)
+    assert admin.get(f"/admin/accounts/{account_id}")["period_end_ms"] > before
+    assert [a["id"] for a in admin.get(f"/admin/accounts?q={email}")["data"]] == [account_id]
+    admin.get(f"/admin/accounts/{account_id}/usage")
+    admin.put("/admin/plans/huge", {"credits_5h": 1, "credits_7d": 2, "ip_slots": 2**40,
+                                    "concurrency": 1}, status=400)  # fmt: skip
