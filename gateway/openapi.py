@@ -521,8 +521,12 @@ def _paths() -> dict[str, Schema]:
             "get": {**probe, "operationId": "root", "responses": _ok(None, "plain-text banner")},
             "head": {**probe, "operationId": "rootHead", "responses": _ok(None)},
         },
-        "/healthz": {"get": {**probe, "operationId": "healthz", "responses": _ok(obj(status=STR))}},
+        "/healthz": {
+            "get": {**probe, "operationId": "healthz", "responses": _ok(obj(status=STR))},
+            "head": {**probe, "operationId": "healthzHead", "responses": _ok(None)},
+        },
         "/readyz": {
+            "head": {**probe, "operationId": "readyzHead", "responses": _ok(None)},
             "get": {
                 **probe,
                 "operationId": "readyz",
