@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import valkey.asyncio as avalkey
@@ -29,6 +30,7 @@ from gateway.pool_sync import PoolSync
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
 from gateway.scripts import Scripts
+from gateway.settlement import Settler
 from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")
@@ -58,7 +60,14 @@ class Resources:
                 ip_quarantine_period_ms=settings.quarantine_ip_period_s * 1000,
                 failure_quarantine_count=settings.quarantine_failures,
                 failure_quarantine_period_ms=settings.quarantine_failure_period_s * 1000,
+                reservation_ttl_ms=settings.reservation_ttl_s * 1000,
             ),
+        )
+        self.settler = Settler(
+            self.limiter,
+            Path(settings.data_dir) / "spool",
+            interval_s=settings.settle_flush_ms / 1000,
+            on_error=self._settle_error,
         )
         self.auth = Authenticator(
             self.valkey,
@@ -66,18 +75,25 @@ class Resources:
             size=settings.auth_cache_size,
             on_bad_secret=self._bad_secret,
         )
-        self.pipeline = Pipeline(settings, self.auth, self.limiter, self.catalog, self.metrics)
+        self.pipeline = Pipeline(
+            settings, self.auth, self.limiter, self.catalog, self.metrics, self.settler
+        )
         self.alerts = Alerts(settings, self.valkey, metrics=self.metrics)
-        self.limiter.notify = self.pipeline.notify = self.alerts.notify
+        self.limiter.notify = self.pipeline.notify = self.settler.notify = self.alerts.notify
         self.upstream.on_disabled = self.alerts.upstream_disabled
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
+
+    def _settle_error(self) -> None:
+        self.metrics.valkey_error()
+        self.alerts.valkey_error("settle")
 
     async def _bad_secret(self, account_id: str, key_id: str, ip_tag: str) -> None:
         await self.limiter.record_key_failure(account_id=account_id, key_id=key_id, ip_tag=ip_tag)
 
     async def start(self) -> None:
         await self.alerts.start()
+        self.settler.start()
         try:
             await self.scripts.load(self.valkey)
         except errors.ServiceUnavailable:
@@ -109,7 +125,7 @@ class Resources:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await self.pipeline.drain()
+        await self.pipeline.drain(self.settings.drain_seconds)
         await self.alerts.stop()
         await self.upstream.close()
         self.auth.close()

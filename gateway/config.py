@@ -145,6 +145,12 @@ class Settings:
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str | None = None
     customer_notices: bool = False
+    # Reservation lease (s): renewed while the request runs, so only a dead worker's lapse.
+    reservation_ttl_s: int = 120
+    # Settlement batching: a worker's charges go to Valkey together every this many ms.
+    settle_flush_ms: int = 5
+    # A stop waits this long for open requests, then for queued settlements.
+    drain_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -197,6 +203,9 @@ class Settings:
             webhook_urls=_webhook_urls(e),
             webhook_secret=_webhook_secret(e),
             customer_notices=_choice(e, "ANTEX_CUSTOMER_NOTICES", "off", ("off", "on")) == "on",
+            reservation_ttl_s=_int(e, "ANTEX_RESERVATION_TTL", 120, 10),
+            settle_flush_ms=_int(e, "ANTEX_SETTLE_FLUSH_MS", 5, 1),
+            drain_seconds=_int(e, "ANTEX_DRAIN_SECONDS", 30, 1),
         )
 
     def pool_policy(self) -> PoolPolicy:

@@ -1,14 +1,13 @@
 """The steps every billed request goes through, whatever its wire format.
 
 authenticate (cache) → read the body (2 MB cap) → validate → admit (one Valkey call) →
-upstream → settle (one Valkey call, in the background). Only metadata leaves this module.
+upstream → settle (queued to the worker's Settler: spooled, batched, retried). Only
+metadata leaves this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +21,10 @@ from gateway import errors, events, netaddr
 from gateway.auth import AuthedKey, Authenticator
 from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
-from gateway.limits import CreditLimiter
+from gateway.limits import Charge, CreditLimiter
 from gateway.observability import Metrics, access_log
 from gateway.proxy import Route, StreamState, Upstream, read_body, upstream_request_id
+from gateway.settlement import Settler
 from gateway.usage import Usage, cost_mc, estimate_mc
 
 log = logging.getLogger("antex.pipeline")
@@ -77,13 +77,14 @@ class Pipeline:
         limiter: CreditLimiter,
         catalog: Catalog,
         metrics: Metrics,
+        settler: Settler,
     ) -> None:
         self.settings = settings
+        self.settler = settler
         self.auth = authenticator
         self.limiter = limiter
         self.catalog = catalog
         self.metrics = metrics
-        self._settling: set[asyncio.Task[None]] = set()
         self.notify: events.Notify = events.ignore  # the worker's alerts, set by the app
 
     def client_tag(self, request: Request) -> str:
@@ -190,6 +191,15 @@ class Pipeline:
         except errors.RateLimited as exc:
             self.metrics.window_refused(exc.scope)
             raise
+        except errors.ServiceUnavailable:
+            # Valkey may have run the admission without our hearing back, or may run it
+            # later (a hang): a queued release frees it, and marks the id settled so a late
+            # admission reserves nothing.
+            self.settler.submit(
+                Charge(authed.account_id, authed.key_id, request_id, 0, None)
+            )
+            raise
+        self.settler.hold(authed.account_id, request_id)
         return Ticket(
             request_id=request_id,
             route=route,
@@ -306,38 +316,12 @@ class Pipeline:
                 # The operator's log names the upstream; the customer's usage log does not.
                 logged = {**record, "upstream": choice.upstream, "failovers": choice.failovers}
         access_log(ticket.request_id, ticket.authed.account_id, logged)
-        task = asyncio.get_running_loop().create_task(self._settle(ticket, cost, record))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle(self, ticket: Ticket, cost: int, record: dict[str, Any]) -> None:
-        try:
-            await self.limiter.settle(
-                account_id=ticket.authed.account_id,
-                key_id=ticket.authed.key_id,
-                request_id=ticket.request_id,
-                cost_mc=cost,
-                record=record,
+        self.settler.submit(
+            self.limiter.charge(
+                account_id=ticket.authed.account_id, key_id=ticket.authed.key_id,
+                request_id=ticket.request_id, cost_mc=cost, record=record,
             )
-        except errors.AntexError as exc:
-            # The reservation expires on its own; the charge is lost and must be visible.
-            self.metrics.valkey_error()
-            log.error("settle failed request_id=%s: %s", ticket.request_id, exc.message)
-            # During an outage every settle fails: one event per minute says so.
-            self.notify(
-                events.SETTLE_FAILED,
-                {"account_id": ticket.authed.account_id, "key_id": ticket.authed.key_id,
-                 "request_id": ticket.request_id, "credits_mc": cost, "error": exc.code},
-                dedupe=events.per_minute(events.SETTLE_FAILED),
-            )  # fmt: skip
-            if isinstance(exc, errors.ServiceUnavailable):
-                self.notify(
-                    events.VALKEY_ERROR,
-                    {"where": "settle", "worker_pid": os.getpid()},
-                    dedupe=events.per_minute(events.VALKEY_ERROR),
-                    ttl_s=120,
-                )
+        )  # fmt: skip
 
-    async def drain(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        await self.settler.close(timeout_s)
