@@ -67,6 +67,7 @@ class Resources:
             self.limiter,
             Path(settings.data_dir) / "spool",
             interval_s=settings.settle_flush_ms / 1000,
+            call_timeout_s=settings.settle_timeout_s,
             on_error=self._settle_error,
         )
         self.auth = Authenticator(

@@ -149,6 +149,8 @@ class Settings:
     reservation_ttl_s: int = 120
     # Settlement batching: a worker's charges go to Valkey together every this many ms.
     settle_flush_ms: int = 5
+    # A settle round trip unanswered this long (s) is retried (a repeat is a no-op).
+    settle_timeout_s: float = 5.0
     # A stop waits this long for open requests, then for queued settlements.
     drain_seconds: int = 30
 
@@ -205,6 +207,7 @@ class Settings:
             customer_notices=_choice(e, "ANTEX_CUSTOMER_NOTICES", "off", ("off", "on")) == "on",
             reservation_ttl_s=_int(e, "ANTEX_RESERVATION_TTL", 120, 10),
             settle_flush_ms=_int(e, "ANTEX_SETTLE_FLUSH_MS", 5, 1),
+            settle_timeout_s=_float(e, "ANTEX_SETTLE_TIMEOUT", 5.0),
             drain_seconds=_int(e, "ANTEX_DRAIN_SECONDS", 30, 1),
         )
 

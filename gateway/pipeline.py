@@ -199,7 +199,18 @@ class Pipeline:
                 Charge(authed.account_id, authed.key_id, request_id, 0, None)
             )
             raise
-        self.settler.hold(authed.account_id, request_id)
+        # Should this process die mid-request, a restart bills the input estimate.
+        input_mc = estimate_mc(len(body), 0, model.rates, 0)
+        self.settler.hold(
+            self.limiter.charge(
+                account_id=authed.account_id, key_id=authed.key_id, request_id=request_id,
+                cost_mc=input_mc,
+                record={"model": model.id, "route": route, "key_id": authed.key_id,
+                        "ip_tag": ip_tag, "status": 200, "credits_mc": input_mc,
+                        "estimate_mc": estimate, "stream": int(bool(payload.get("stream"))),
+                        "error_type": "gateway_stopped"},
+            )
+        )  # fmt: skip
         return Ticket(
             request_id=request_id,
             route=route,

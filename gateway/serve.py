@@ -170,6 +170,11 @@ def serve(settings: Settings, *, demo: bool = False) -> None:
             loop=Loops.uvloop,
             backlog=4096,
             log_access=False,
+            # A worker that dies is replaced; the new one replays its settlement spool.
+            respawn_failed_workers=True,
+            respawn_interval=0.5,
+            # A stop lets open requests finish for ANTEX_DRAIN_SECONDS, then kills.
+            workers_kill_timeout=settings.drain_seconds,
         )
         server.serve()
     finally:

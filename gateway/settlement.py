@@ -25,10 +25,7 @@ from gateway.spool import Spool, claim_orphans, drop_orphan
 
 log = logging.getLogger("antex.settle")
 
-_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.1, 5.0
-# A flush that gets no answer in this time is abandoned (its calls may still run; the
-# retry is a no-op for those) and retried.
-_CALL_TIMEOUT_S = 5.0
+_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.1, 2.0
 
 
 class Settler:
@@ -41,6 +38,7 @@ class Settler:
         *,
         interval_s: float = 0.005,
         batch_max: int = 256,
+        call_timeout_s: float = 5.0,
         notify: events.Notify = events.ignore,
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
@@ -49,11 +47,16 @@ class Settler:
         self.spool: Spool | None = None  # opened by start(), in the serving process
         self.interval_s = interval_s
         self.batch_max = batch_max
+        # A flush that gets no answer in this time is abandoned (its calls may still run
+        # later, after a hang: the retry is then a no-op for them) and retried.
+        self.call_timeout_s = call_timeout_s
         self.notify = notify
         self.on_error = on_error  # the worker's Valkey error counter
         self.pending: dict[str, Charge] = {}
         # Live reservations this worker renews: request id -> (account id, renew at).
         self._leases: dict[str, tuple[str, float]] = {}
+        # Their charges should this process die: spooled at admission, kept over truncation.
+        self.open: dict[str, Charge] = {}
         self._renew_every_s = limiter.settings.reservation_ttl_ms / 3000
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -62,13 +65,19 @@ class Settler:
 
     # -- the request side ---------------------------------------------------------------------
 
-    def hold(self, account_id: str, request_id: str) -> None:
-        """An admitted request: its reservation is renewed while it runs."""
-        self._leases[request_id] = (account_id, time.monotonic() + self._renew_every_s)
+    def hold(self, provisional: Charge) -> None:
+        """An admitted request: its reservation is renewed while it runs, and
+        ``provisional`` (spooled now) is what a restart bills if this process dies first."""
+        request_id = provisional.request_id
+        self._leases[request_id] = (provisional.account_id, time.monotonic() + self._renew_every_s)
+        self.open[request_id] = provisional
+        if self.spool is not None:
+            self.spool.append((provisional,))
 
     def submit(self, charge: Charge) -> None:
         """Queues a settlement (or, with ``log=None``, a release) and spools it."""
         self._leases.pop(charge.request_id, None)
+        self.open.pop(charge.request_id, None)
         self.pending[charge.request_id] = charge
         if self.spool is not None:
             self.spool.append((charge,))
@@ -171,7 +180,7 @@ class Settler:
             limiter.settle_call(a, by_account.get(a, ()), renewals.get(a, ())) for a in accounts
         ]
         try:
-            async with asyncio.timeout(_CALL_TIMEOUT_S):
+            async with asyncio.timeout(self.call_timeout_s):
                 replies = await limiter.scripts.call_many(limiter.client, "settle", calls)
         except (errors.ServiceUnavailable, TimeoutError) as exc:
             self._failed(exc, first_try)
@@ -193,9 +202,9 @@ class Settler:
                     self._leases[request_id] = (account_id, now + self._renew_every_s)
         self.flushes += 1
         if self.spool is not None and acked:
-            if self.pending:
+            if self.pending or self.open:
                 self.spool.ack(acked)
-                self.spool.compact(self.pending.values())
+                self.spool.compact([*self.open.values(), *self.pending.values()])
             else:
                 self.spool.settled_all()
         return True
