@@ -1,8 +1,9 @@
 """Settlement that is never lost and never doubled: batched, spooled, retried, idempotent.
 
-A request's charge is queued in memory and written to the worker's spool at once; a flush
-(at once when idle, then at most one per ``interval_s`` unless ``batch_max`` are queued)
-fsyncs the spool and sends
+A request's charge is queued in memory and written to the worker's spool at once. A flush
+goes at once when no other request of the worker is in flight (nothing would join it);
+otherwise when ``batch_target`` charges are queued or the oldest has waited ``interval_s``.
+It fsyncs the spool and sends
 every account's charges and lease renewals as one settle.lua call each, all pipelined in
 one round trip. Valkey remembers settled request ids, so a retry after an ambiguous
 failure, or a spool replay, never bills twice. A failed flush keeps everything queued and
@@ -36,7 +37,8 @@ class Settler:
         limiter: CreditLimiter,
         spool_dir: Path | None,
         *,
-        interval_s: float = 0.005,
+        interval_s: float = 0.25,
+        batch_target: int = 32,
         batch_max: int = 256,
         call_timeout_s: float = 5.0,
         notify: events.Notify = events.ignore,
@@ -46,6 +48,7 @@ class Settler:
         self._spool_dir = spool_dir
         self.spool: Spool | None = None  # opened by start(), in the serving process
         self.interval_s = interval_s
+        self.batch_target = batch_target
         self.batch_max = batch_max
         # A flush that gets no answer in this time is abandoned (its calls may still run
         # later, after a hang: the retry is then a no-op for them) and retried.
@@ -60,7 +63,8 @@ class Settler:
         self._renew_every_s = limiter.settings.reservation_ttl_ms / 3000
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_flush = 0.0
+        self._oldest = 0.0  # when the oldest queued charge was queued (monotonic s)
+        self._ready = asyncio.Event()  # a batch is worth sending now
         self.flushes = 0  # successful round trips, for the benchmark and tests
 
     # -- the request side ---------------------------------------------------------------------
@@ -78,11 +82,14 @@ class Settler:
         """Queues a settlement (or, with ``log=None``, a release) and spools it."""
         self._leases.pop(charge.request_id, None)
         self.open.pop(charge.request_id, None)
+        if not self.pending:
+            self._oldest = time.monotonic()
         self.pending[charge.request_id] = charge
         if self.spool is not None:
             self.spool.append((charge,))
-        if len(self.pending) >= self.batch_max or not self._wake.is_set():
-            self._wake.set()
+        self._wake.set()
+        if len(self.pending) >= self.batch_target or not self._leases:
+            self._ready.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -133,12 +140,7 @@ class Settler:
             except TimeoutError:
                 pass
             self._wake.clear()
-            # At most one flush per interval: idle, a charge goes at once; busy, the charges
-            # of the interval gather into one round trip.
-            wait = self._last_flush + self.interval_s - time.monotonic()
-            if wait > 0 and len(self.pending) < self.batch_max:
-                await asyncio.sleep(wait)
-            self._last_flush = time.monotonic()
+            await self._gather()
             if await self.flush(first_try=backoff == _BACKOFF_MIN_S):
                 backoff = _BACKOFF_MIN_S
                 if self.pending:
@@ -147,6 +149,19 @@ class Settler:
                 await asyncio.sleep(backoff)
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
                 self._wake.set()
+
+    async def _gather(self) -> None:
+        """Waits while more charges are coming (requests in flight) and worth waiting for."""
+        while self.pending and self._leases and len(self.pending) < self.batch_target:
+            left = self._oldest + self.interval_s - time.monotonic()
+            if left <= 0:
+                return
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._ready.wait()
+            except TimeoutError:
+                return
 
     # -- one flush -----------------------------------------------------------------------------
 
@@ -196,6 +211,8 @@ class Settler:
             for charge in by_account.get(account_id, ()):
                 if self.pending.get(charge.request_id) is charge:
                     del self.pending[charge.request_id]
+                    if self.pending:
+                        self._oldest = now  # what is left waited at most since this flush
                 acked.append(charge.request_id)
             for request_id in renewals.get(account_id, ()):
                 if request_id in self._leases:
