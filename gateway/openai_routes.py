@@ -93,6 +93,18 @@ def _track_usage(billed: dict[str, Any], event: str, data: dict[str, Any]) -> No
         billed.update(usage)
 
 
+def _delta_bytes(data: dict[str, Any]) -> int:
+    """The content bytes of one content_block_delta: text, thinking or tool-input JSON."""
+    delta = data.get("delta")
+    if not isinstance(delta, dict):
+        return 0
+    for name in ("text", "thinking", "partial_json"):
+        value = delta.get(name)
+        if isinstance(value, str):
+            return len(value.encode())
+    return 0
+
+
 def _json(status: int, payload: Any, headers: list[tuple[bytes, bytes]]) -> Response:
     return Response(status, headers, Content(JSON, orjson.dumps(payload)))
 
@@ -255,7 +267,8 @@ class OpenAIRoutes:
 
         async def provider() -> AsyncIterator[bytes]:
             splitter = EventSplitter()
-            ended = errored = False
+            ended = errored = final = False
+            forwarded = 0  # content bytes of the deltas translated so far
             try:
                 if head:
                     yield head
@@ -270,6 +283,12 @@ class OpenAIRoutes:
                             if data is None:
                                 continue
                             _track_usage(billed, event, data)
+                            if event == "content_block_delta":
+                                forwarded += _delta_bytes(data)
+                            elif event == "message_delta" and "output_tokens" in (
+                                data.get("usage") or {}
+                            ):
+                                final = True
                             out.append(translator.feed(event, data))
                             errored = errored or event == "error"
                             ended = ended or event in ("message_stop", "error")
@@ -286,6 +305,8 @@ class OpenAIRoutes:
                 resp.release()
                 watcher.cancel()
                 metrics.stream_closed()
-                self.p.finish_stream(ticket, state, billed, errored)
+                self.p.finish_stream(
+                    ticket, state, billed, errored, final=final, content_bytes=forwarded
+                )
 
         return stream_response(response_headers(resp), provider)

@@ -25,6 +25,7 @@ from gateway.limits import Charge, CreditLimiter
 from gateway.observability import Metrics, access_log
 from gateway.proxy import Route, StreamState, Upstream, read_body, upstream_request_id
 from gateway.settlement import Settler
+from gateway.sse import with_forwarded_output
 from gateway.usage import Usage, cost_mc, estimate_mc
 
 log = logging.getLogger("antex.pipeline")
@@ -269,10 +270,19 @@ class Pipeline:
         return data
 
     def finish_stream(
-        self, ticket: Ticket, state: StreamState, usage: dict[str, Any], errored: bool
+        self,
+        ticket: Ticket,
+        state: StreamState,
+        usage: dict[str, Any],
+        errored: bool,
+        *,
+        final: bool = True,
+        content_bytes: int | None = None,
     ) -> None:
         """Bills a stream once it ended, however it ended. An upstream failure names the
-        outcome even when the client left afterwards (it reads the error, then closes)."""
+        outcome even when the client left afterwards (it reads the error, then closes).
+        Without the upstream's ``final`` output count, the output is counted from the
+        ``content_bytes`` forwarded (see ``sse.forwarded_tokens``)."""
         if state.failed:
             outcome = "upstream_lost"
             self.metrics.upstream_error("stream")
@@ -283,6 +293,11 @@ class Pipeline:
             outcome = "client_disconnected"
         else:
             outcome = "ok"
+        if content_bytes is not None:
+            max_tokens = ticket.payload.get("max_tokens")
+            usage = with_forwarded_output(
+                usage, final, content_bytes, max_tokens if isinstance(max_tokens, int) else None
+            )
         self.finish(ticket, usage, 200, outcome)
 
     def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:

@@ -111,8 +111,10 @@ class AnthropicRoutes:
                 metrics.stream_closed()
                 scanner = state.scanner
                 self.p.finish_stream(
-                    ticket, state, scanner.billed_usage(), scanner.error is not None
-                )
+                    ticket, state, scanner.billed_usage(), scanner.error is not None,
+                    final="output_tokens" in scanner.usage,
+                    content_bytes=scanner.content_bytes(),
+                )  # fmt: skip
 
         return stream_response(response_headers(resp), provider, content_type(resp))
 

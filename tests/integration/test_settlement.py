@@ -23,7 +23,14 @@ import valkey.asyncio as avalkey
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.keyspace import AccountKeys
 from gateway.plans import Plan
-from tests.integration.conftest import ROOT, Customer, gateway_env, new_customer, wait_http
+from tests.integration.conftest import (
+    ROOT,
+    Customer,
+    Stack,
+    gateway_env,
+    new_customer,
+    wait_http,
+)
 
 MODEL = "claude-haiku-4-5"
 # 10 deltas, 40 output tokens, ~2 s.
@@ -263,3 +270,37 @@ async def test_workers_killed_mid_batch_are_reconciled_once(faults: Faults) -> N
         check_once(entries, total, 6)
         assert {e.get(b"error_type") for e in entries} == {None}  # the final charges
     await store.aclose()
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/chat/completions"])
+async def test_a_stream_cut_after_half_its_deltas_bills_at_least_what_was_forwarded(
+    stack: Stack, valkey_url: str, route: str
+) -> None:
+    c = await new_customer(valkey_url, plan(10))
+    body = orjson.loads(payload())
+    if route == "/v1/chat/completions":
+        body["max_completion_tokens"] = body.pop("max_tokens")
+    headers = {"x-api-key": c.key, **STREAM}
+    marker = b"content_block_delta" if route == "/v1/messages" else b'"delta":{"content"'
+    seen = 0
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("POST", f"{stack.url}{route}", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data:") and marker in line.encode():
+                seen += 1
+                if seen == 5:
+                    break  # the client leaves with half the answer
+    store = avalkey.Valkey.from_url(valkey_url)
+
+    async def billed() -> bool:
+        return bool((await billing(store, c))[0])
+
+    await until(billed, "the cut stream's settlement")
+    entry = (await billing(store, c))[0][0]
+    await store.aclose()
+    # 40 output tokens over 10 deltas: 5 deltas carried 20 of them.
+    assert int(entry[b"output_tokens"]) >= 20
+    assert entry[b"disconnected"] == b"1"
