@@ -6,7 +6,6 @@ usage); the pure translators in ``gateway.translate`` map the bodies, this modul
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +21,13 @@ from gateway.edge import request_id, stream_response
 from gateway.pipeline import Pipeline, Ticket, asgi_content
 from gateway.proxy import (
     OPENAI_CLIENT_HEADERS,
+    ClientGone,
+    Departure,
     StreamState,
     Upstream,
     read_body,
     response_headers,
     upstream_headers,
-    watch_disconnect,
 )
 from gateway.sse import EventSplitter, usage_from_message
 from gateway.translate.common import anthropic_error_to_openai
@@ -120,19 +120,27 @@ class OpenAIRoutes:
         payload, caller, adaptive = await self._read(request)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
         ticket = await self._admit(request, "chat_completions", caller, translated)
-        resp = await self._post(request, ticket)
-        if not self._is_stream(resp):
-            data = await self._whole(ticket, resp)
-            if data is None:
-                return await self._upstream_error(ticket, resp)
-            answer = anthropic_to_chat_response(data, created=int(time.time()))
-            return _json(200, answer, response_headers(resp))
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        translator = ChatStreamTranslator(
-            model=str(payload["model"]), include_usage=include_usage, created=int(time.time())
-        )
-        return self._stream(ticket, request, resp, translator, b"")
+        departure = Departure(asgi_content(request).receive)
+        resp = None
+        try:
+            resp = await departure.guard(self._post(request, ticket))
+            if not self._is_stream(resp):
+                data = await departure.guard(self._whole(ticket, resp))
+                if data is None:
+                    return await self._upstream_error(ticket, resp)
+                answer = anthropic_to_chat_response(data, created=int(time.time()))
+                return _json(200, answer, response_headers(resp))
+            options = payload.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            translator = ChatStreamTranslator(
+                model=str(payload["model"]), include_usage=include_usage, created=int(time.time())
+            )
+            return self._stream(ticket, departure, resp, translator, b"")
+        except ClientGone:
+            return self.p.client_left(ticket, resp)
+        finally:
+            if not departure.following:
+                departure.stop()
 
     # -- POST /v1/responses --------------------------------------------------------------------
 
@@ -146,20 +154,28 @@ class OpenAIRoutes:
                 raise
             return self._refused_stream(request, ctx, exc)
         response_id = "resp_" + ticket.request_id.removeprefix("req_")
-        resp = await self._post(request, ticket)
-        if not self._is_stream(resp):
-            data = await self._whole(ticket, resp)
-            if data is None:
-                return await self._upstream_error(ticket, resp)
-            answer = anthropic_to_responses(
-                data, ctx, response_id=response_id, created_at=int(time.time())
+        departure = Departure(asgi_content(request).receive)
+        resp = None
+        try:
+            resp = await departure.guard(self._post(request, ticket))
+            if not self._is_stream(resp):
+                data = await departure.guard(self._whole(ticket, resp))
+                if data is None:
+                    return await self._upstream_error(ticket, resp)
+                answer = anthropic_to_responses(
+                    data, ctx, response_id=response_id, created_at=int(time.time())
+                )
+                return _json(200, answer, response_headers(resp))
+            translator = ResponsesStreamTranslator(
+                ctx, response_id=response_id, created_at=int(time.time())
             )
-            return _json(200, answer, response_headers(resp))
-        translator = ResponsesStreamTranslator(
-            ctx, response_id=response_id, created_at=int(time.time())
-        )
-        # created/in_progress go out only now, after the upstream's 200 (F.4.3).
-        return self._stream(ticket, request, resp, translator, translator.start())
+            # created/in_progress go out only now, after the upstream's 200 (F.4.3).
+            return self._stream(ticket, departure, resp, translator, translator.start())
+        except ClientGone:
+            return self.p.client_left(ticket, resp)
+        finally:
+            if not departure.following:
+                departure.stop()
 
     def _refused_stream(
         self, request: Request, ctx: ResponsesContext, exc: errors.RateLimited
@@ -251,16 +267,14 @@ class OpenAIRoutes:
     def _stream(
         self,
         ticket: Ticket,
-        request: Request,
+        departure: Departure,
         resp: aiohttp.ClientResponse,
         translator: _Translator,
         head: bytes,
     ) -> Response:
         """Translates upstream events as they arrive: one upstream chunk, one client write."""
         state = StreamState()
-        watcher = asyncio.get_running_loop().create_task(
-            watch_disconnect(asgi_content(request).receive, resp, state)
-        )
+        departure.follow(resp, state)
         metrics = self.p.metrics
         metrics.stream_opened()
         billed: dict[str, Any] = {}
@@ -303,7 +317,7 @@ class OpenAIRoutes:
                     yield translator.error(lost)
             finally:
                 resp.release()
-                watcher.cancel()
+                departure.stop()
                 metrics.stream_closed()
                 self.p.finish_stream(
                     ticket, state, billed, errored, final=final, content_bytes=forwarded

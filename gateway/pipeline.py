@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from blacksheep import Request
+from blacksheep import Request, Response
 from blacksheep.contents import ASGIContent
 
 from gateway import errors, events, netaddr
@@ -26,7 +26,7 @@ from gateway.observability import Metrics, access_log
 from gateway.proxy import Route, StreamState, Upstream, read_body, upstream_request_id
 from gateway.settlement import Settler
 from gateway.sse import with_forwarded_output
-from gateway.usage import Usage, cost_mc, estimate_mc
+from gateway.usage import Usage, cost_mc, estimate_mc, estimate_tokens
 
 log = logging.getLogger("antex.pipeline")
 
@@ -268,6 +268,16 @@ class Pipeline:
         if resp.status >= 500 or resp.status == 429:
             self.metrics.upstream_error(str(resp.status))
         return data
+
+    def client_left(self, ticket: Ticket, resp: aiohttp.ClientResponse | None = None) -> Response:
+        """The client left before its answer was ready: the upstream call is cancelled and
+        the request billed for its input (the body's estimate: the upstream reported
+        nothing yet)."""
+        if resp is not None:
+            resp.close()
+        usage = {"input_tokens": estimate_tokens(len(ticket.body))}
+        self.finish(ticket, usage, 499, "client_disconnected")
+        return Response(499, [], None)
 
     def finish_stream(
         self,

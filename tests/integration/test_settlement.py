@@ -304,3 +304,44 @@ async def test_a_stream_cut_after_half_its_deltas_bills_at_least_what_was_forwar
     # 40 output tokens over 10 deltas: 5 deltas carried 20 of them.
     assert int(entry[b"output_tokens"]) >= 20
     assert entry[b"disconnected"] == b"1"
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/chat/completions"])
+async def test_a_client_leaving_a_non_streamed_request_closes_the_upstream_at_once(
+    stack: Stack, valkey_url: str, route: str
+) -> None:
+    c = await new_customer(valkey_url, plan(10))
+    body = orjson.loads(payload(stream=False))
+    if route == "/v1/chat/completions":
+        body["max_completion_tokens"] = body.pop("max_tokens")
+    headers = {"x-api-key": c.key, "x-sim-ttft-ms": "10000"}  # a 10 s answer
+    before = stack.sim_stats()
+    async with httpx.AsyncClient(timeout=30) as client:
+        call = asyncio.ensure_future(client.post(f"{stack.url}{route}", json=body, headers=headers))
+        await until(lambda: _sim_started(stack, before["started"] + 1), "the upstream call")
+        await asyncio.sleep(1.0)
+        call.cancel()  # the client gives up: its connection closes
+        await asyncio.gather(call, return_exceptions=True)
+        left = time.monotonic()
+    while stack.sim_stats()["disconnected"] == before["disconnected"]:
+        assert time.monotonic() - left < 5, "the upstream call was not cancelled"
+        await asyncio.sleep(0.01)
+    took = time.monotonic() - left
+    print(f"\nupstream closed {took * 1000:.0f} ms after the client left ({route})")
+    assert took < 1.0  # a 100 ms budget measured on a loaded test machine
+    store = avalkey.Valkey.from_url(valkey_url)
+
+    async def billed() -> bool:
+        return bool((await billing(store, c))[0])
+
+    await until(billed, "the cancelled request's settlement")
+    entries, _, held = await billing(store, c)
+    await store.aclose()
+    entry = entries[0]
+    assert entry[b"error_type"] == b"client_disconnected" and entry[b"disconnected"] == b"1"
+    assert int(entry[b"input_tokens"]) > 0 and entry[b"output_tokens"] == b"0"
+    assert held == 0
+
+
+async def _sim_started(stack: Stack, n: int) -> bool:
+    return stack.sim_stats()["started"] >= n
