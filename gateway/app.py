@@ -34,6 +34,9 @@ from gateway.settlement import Settler
 from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")
+# A stopping worker's last settlement flushes (after granian's ANTEX_DRAIN_SECONDS); what
+# is still queued then stays spooled for the next start.
+SETTLE_DRAIN_S = 10
 
 class Resources:
     """Everything one worker opens at start-up and closes at shutdown."""
@@ -126,7 +129,7 @@ class Resources:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await self.pipeline.drain(self.settings.drain_seconds)
+        await self.pipeline.drain(SETTLE_DRAIN_S)
         await self.alerts.stop()
         await self.upstream.close()
         self.auth.close()
