@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import valkey.asyncio as avalkey
@@ -37,6 +39,8 @@ log = logging.getLogger("antex.app")
 # A stopping worker's last settlement flushes (after granian's ANTEX_DRAIN_SECONDS); what
 # is still queued then stays spooled for the next start.
 SETTLE_DRAIN_S = 10
+# How long before granian's kill open streams are ended (and their charges spooled).
+STREAM_CUT_MARGIN_S = 1.5
 
 class Resources:
     """Everything one worker opens at start-up and closes at shutdown."""
@@ -95,9 +99,32 @@ class Resources:
     async def _bad_secret(self, account_id: str, key_id: str, ip_tag: str) -> None:
         await self.limiter.record_key_failure(account_id=account_id, key_id=key_id, ip_tag=ip_tag)
 
+    def _watch_stop(self) -> None:
+        """Granian gives a stopping worker ANTEX_DRAIN_SECONDS, then kills it: just before,
+        open streams are ended with an error event and billed for what they forwarded.
+        Granian's own SIGTERM handling goes on unchanged (the loop's wakeup fd still fires).
+        """
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+        cut_after_s = max(0.0, self.settings.drain_seconds - STREAM_CUT_MARGIN_S)
+
+        def stopping() -> None:
+            loop.call_later(cut_after_s, self.pipeline.cut_streams)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(stopping)
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread: no last-moment cut, streams die with it
+            log.info("SIGTERM not watched; open streams are cut without an error event")
+
     async def start(self) -> None:
         await self.alerts.start()
         self.settler.start()
+        self._watch_stop()
         try:
             await self.scripts.load(self.valkey)
         except errors.ServiceUnavailable:

@@ -18,7 +18,7 @@ from blacksheep import Content, Request, Response
 from gateway import errors
 from gateway.auth import AuthedKey
 from gateway.edge import request_id, stream_response
-from gateway.pipeline import Pipeline, Ticket, asgi_content
+from gateway.pipeline import Pipeline, Ticket
 from gateway.proxy import (
     OPENAI_CLIENT_HEADERS,
     ClientGone,
@@ -48,6 +48,7 @@ SSE = b"text/event-stream"
 _VERSION_PARTS = re.compile(r"(?<![0-9])[0-9]{1,2}(?![0-9])")
 _LOST = {"type": "api_error", "message": "Upstream connection lost"}
 _TIMED_OUT = {"type": "timeout_error", "message": "Upstream stopped sending data"}
+_STOPPING = {"type": "api_error", "message": "The gateway is restarting; retry the request."}
 _Caller = tuple[AuthedKey, str]  # the authenticated key and the client's IP tag
 
 
@@ -120,7 +121,7 @@ class OpenAIRoutes:
         payload, caller, adaptive = await self._read(request)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
         ticket = await self._admit(request, "chat_completions", caller, translated)
-        departure = Departure(asgi_content(request).receive)
+        departure = self.p.watch(request)
         resp = None
         try:
             resp = await departure.guard(self._post(request, ticket))
@@ -154,7 +155,7 @@ class OpenAIRoutes:
                 raise
             return self._refused_stream(request, ctx, exc)
         response_id = "resp_" + ticket.request_id.removeprefix("req_")
-        departure = Departure(asgi_content(request).receive)
+        departure = self.p.watch(request)
         resp = None
         try:
             resp = await departure.guard(self._post(request, ticket))
@@ -311,6 +312,8 @@ class OpenAIRoutes:
                     lost: dict[str, Any] | None = None if ended else _LOST
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     lost = _TIMED_OUT if isinstance(exc, TimeoutError) else _LOST
+                    if state.stopping:
+                        lost = _STOPPING
                 if lost is not None and not ended and not state.client_gone:
                     # A 200 is already out: the failure ends the stream in the client's format.
                     state.failed = True

@@ -23,7 +23,7 @@ from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
 from gateway.limits import Charge, CreditLimiter
 from gateway.observability import Metrics, access_log
-from gateway.proxy import Route, StreamState, Upstream, read_body, upstream_request_id
+from gateway.proxy import Departure, Route, StreamState, Upstream, read_body, upstream_request_id
 from gateway.settlement import Settler
 from gateway.sse import with_forwarded_output
 from gateway.usage import Usage, cost_mc, estimate_mc, estimate_tokens
@@ -87,6 +87,22 @@ class Pipeline:
         self.catalog = catalog
         self.metrics = metrics
         self.notify: events.Notify = events.ignore  # the worker's alerts, set by the app
+        self.streams: set[Departure] = set()  # open streams, cut when the worker stops
+
+    def watch(self, request: Request) -> Departure:
+        """Watches a client from admission to the end of its answer (see Departure)."""
+        departure = Departure(asgi_content(request).receive)
+        departure.on_stop = self.streams.discard
+        self.streams.add(departure)
+        return departure
+
+    def cut_streams(self) -> None:
+        """The worker is about to be killed: open streams end with an error event and are
+        billed for what they forwarded, rather than cut silently."""
+        if self.streams:
+            log.warning("stopping: ending %d open streams", len(self.streams))
+        for departure in list(self.streams):
+            departure.cut()
 
     def client_tag(self, request: Request) -> str:
         scope = request.scope
@@ -293,7 +309,9 @@ class Pipeline:
         outcome even when the client left afterwards (it reads the error, then closes).
         Without the upstream's ``final`` output count, the output is counted from the
         ``content_bytes`` forwarded (see ``sse.forwarded_tokens``)."""
-        if state.failed:
+        if state.stopping:
+            outcome = "gateway_stopped"
+        elif state.failed:
             outcome = "upstream_lost"
             self.metrics.upstream_error("stream")
         elif errored:

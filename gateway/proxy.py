@@ -293,11 +293,14 @@ async def read_body(resp: aiohttp.ClientResponse) -> bytes:
 class StreamState:
     """What a finished stream tells the billing step."""
 
-    __slots__ = ("bytes_out", "chunks", "client_gone", "failed", "first_chunk_at", "scanner")
+    __slots__ = (
+        "bytes_out", "chunks", "client_gone", "failed", "first_chunk_at", "scanner", "stopping",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.scanner = UsageScanner()
         self.client_gone = False
+        self.stopping = False  # the gateway is stopping and cut the stream
         self.failed = False
         self.first_chunk_at = 0.0
         self.chunks = 0
@@ -318,6 +321,7 @@ class Departure:
         self.gone = False
         self._resp: aiohttp.ClientResponse | None = None
         self._state: StreamState | None = None
+        self.on_stop: Callable[[Departure], None] = lambda departure: None
         self._task = asyncio.get_running_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Callable[[], Any]) -> None:
@@ -353,8 +357,15 @@ class Departure:
             state.client_gone = True
             resp.close()
 
+    def cut(self) -> None:
+        """The gateway is stopping: ends the stream (with an error event) now."""
+        if self._state is not None and self._resp is not None:
+            self._state.stopping = True
+            self._resp.close()
+
     def stop(self) -> None:
         self._task.cancel()
+        self.on_stop(self)
 
 
 async def passthrough(
@@ -374,6 +385,9 @@ async def passthrough(
             yield chunk
     except (aiohttp.ClientError, TimeoutError) as exc:
         if state.client_gone:
+            return
+        if state.stopping:
+            yield wire.stopping_event()
             return
         state.failed = True
         log.warning("upstream stream failed: %s", type(exc).__name__)

@@ -14,7 +14,7 @@ from gateway.accounts import get_account
 from gateway.catalog import ModelInfo
 from gateway.edge import request_id, stream_response
 from gateway.limits import usage_body
-from gateway.pipeline import Pipeline, Ticket, asgi_content
+from gateway.pipeline import Pipeline, Ticket
 from gateway.proxy import (
     ClientGone,
     Departure,
@@ -80,7 +80,7 @@ class AnthropicRoutes:
         )  # fmt: skip
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
         # Watched from now on: a client that leaves cancels the upstream call at once.
-        departure = Departure(asgi_content(request).receive)
+        departure = p.watch(request)
         resp = None
         try:
             resp = await departure.guard(

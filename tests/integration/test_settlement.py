@@ -93,7 +93,9 @@ def faults(simulator: str, tmp_path: Path, logs_dir: Path) -> Iterator[Faults]:
     data_dir.mkdir()
     (data_dir / "clock").write_text("0")
     port = free_port()
-    env = gateway_env(own.url, simulator, data_dir, port, ANTEX_SETTLE_TIMEOUT="1")
+    env = gateway_env(
+        own.url, simulator, data_dir, port, ANTEX_SETTLE_TIMEOUT="1", ANTEX_DRAIN_SECONDS="3"
+    )
     f = Faults(own, data_dir, env, logs_dir / f"settle-{tmp_path.name}.log",
                f"http://127.0.0.1:{port}")  # fmt: skip
     try:
@@ -241,6 +243,39 @@ async def test_gateway_killed_mid_stream_bills_and_releases_on_restart(faults: F
         # The cap of 4 is free at once, not after the reservations' lease.
         assert len(await asyncio.gather(*(stream(client, faults.url, c) for _ in range(4)))) == 4
     await store.aclose()
+
+
+async def test_a_stop_ends_streams_outlasting_the_drain_with_an_error_and_bills_them(
+    faults: Faults,
+) -> None:
+    c = await new_customer(faults.valkey.url, plan(10))
+    # A 10 s answer; the drain is 3 s.
+    headers = {"x-api-key": c.key, "x-sim-output-tokens": "80", "x-sim-chunks": "20",
+               "x-sim-chunk-delay-ms": "500"}  # fmt: skip
+    events: list[str] = []
+    assert faults.proc is not None
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("POST", f"{faults.url}/v1/messages", content=payload(),
+                      headers=headers) as r,  # fmt: skip
+    ):
+        async for line in r.aiter_lines():
+            if line.startswith("event:"):
+                events.append(line.split(":", 1)[1].strip())
+                if events.count("content_block_delta") == 1:
+                    faults.proc.send_signal(signal.SIGTERM)
+    assert events[-1] == "error" and "message_stop" not in events
+    assert faults.proc.wait(20) == 0  # stopped, not killed
+    faults.proc = None
+    store = avalkey.Valkey.from_url(faults.valkey.url)
+    entries, total, held = await billing(store, c)
+    await store.aclose()
+    check_once(entries, total, 1)
+    entry = entries[0]
+    assert entry[b"error_type"] == b"gateway_stopped" and held == 0
+    # Billed for the deltas it got (4 tokens each), not the 1 token message_start reports.
+    assert int(entry[b"output_tokens"]) >= 4 * events.count("content_block_delta")
+    assert not list((faults.data_dir / "spool").glob("settle-*.jsonl"))
 
 
 async def test_workers_killed_mid_batch_are_reconciled_once(faults: Faults) -> None:
