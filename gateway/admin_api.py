@@ -287,6 +287,10 @@ class AdminApi:
         found = await accounts.list_quarantined(self.valkey, account_id)
         return json_response(200, {**page(found, limit, offset), "flagged": flagged})
 
+    async def clear_reservations(self, request: Request, account: str) -> Response:
+        account_id = await self.account_id(account)
+        return json_response(200, await self.acting(request).clear_reservations(account_id))
+
     async def clear_flag(self, request: Request, account: str) -> Response:
         account_id = await self.account_id(account)
         return json_response(200, await self.acting(request).clear_flag(account_id))
@@ -381,6 +385,7 @@ def register(app: Application, res: Resources) -> None:
     r.add_post("/admin/accounts/:account/cancel", op(api.cancel))
     r.add_post("/admin/accounts/:account/ip-slots", op(api.account_slots))
     r.add_post("/admin/accounts/:account/clear-flag", op(api.clear_flag))
+    r.add_post("/admin/accounts/:account/clear-reservations", op(api.clear_reservations))
     r.add_get("/admin/accounts/:account/usage", op(api.usage))
     r.add_get("/admin/accounts/:account/events", op(api.events))
     r.add_get("/admin/accounts/:account/keys", op(api.list_keys))

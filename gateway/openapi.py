@@ -234,6 +234,9 @@ SCHEMAS: dict[str, Schema] = {
     "KeySlots": obj(
         ("key_id", "extra_ip_slots", "ip_slots"), key_id=STR, extra_ip_slots=INT, ip_slots=INT
     ),
+    "ClearedReservations": obj(
+        ("account_id", "email", "cleared"), account_id=STR, email=STR, cleared=INT
+    ),
     "AccountSlots": obj(("account_id", "extra_ip_slots"), account_id=STR, extra_ip_slots=INT),
     "QuarantinedKey": {
         "allOf": [ref("Key"), obj(("email",), open_=True, email=nullable("string"))]
@@ -767,6 +770,15 @@ def _admin_paths() -> dict[str, Schema]:
                 "adminClearFlag",
                 "Clear the account's key-sharing flag and the networks counted so far",
                 _ok(ref("Account")),
+            ),
+        },
+        "/admin/accounts/{account}/clear-reservations": {
+            "parameters": account,
+            "post": admin(
+                "adminClearReservations",
+                "Drop the account's reservations (requests in flight a lost gateway node "
+                "left held); their requests are still billed when they end",
+                _ok(ref("ClearedReservations")),
             ),
         },
         "/admin/quarantine": {

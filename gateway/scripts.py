@@ -6,6 +6,7 @@ This module is also the one place where Valkey connection failures become
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Iterator, Sequence
@@ -125,3 +126,34 @@ class Scripts:
             else:
                 call = client.eval(script.source, len(keys), *argv)
             return await cast(Awaitable[Any], call)
+
+    async def call_many(
+        self, client: Client, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        """Runs one script several times in one pipelined round trip (no transaction: each
+        call is atomic on its own). Returns each call's reply, or the exception it raised.
+        Raises ServiceUnavailable when the connection failed (some calls may have run)."""
+        script = self._scripts[name]
+        if isinstance(client, ValkeyCluster):
+            # Calls on different slots live on different nodes: concurrent calls, one round
+            # trip per node's share, each reloading its script on NOSCRIPT by itself.
+            return list(
+                await asyncio.gather(
+                    *(self.call(client, name, keys, args) for keys, args in calls),
+                    return_exceptions=True,
+                )
+            )
+        with fail_closed():
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *(str(a) for a in args))
+                replies = list(await pipe.execute(raise_on_error=False))
+                if attempt == 1 and any(isinstance(r, vexc.NoScriptError) for r in replies):
+                    log.info("script %s missing on the server; reloading", name)
+                    # The calls that did run are repeated: the scripts batched this way are
+                    # idempotent.
+                    await cast(Awaitable[Any], client.script_load(script.source))
+                    continue
+                return replies
+        raise AssertionError("unreachable: the second attempt returns")
