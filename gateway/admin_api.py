@@ -51,7 +51,8 @@ T = TypeVar("T")
 
 
 async def json_body(request: Request, model: type[T]) -> T:
-    """The body decoded as ``model``; 413-style 400 over 64 KB, 400 naming the bad field."""
+    """The body decoded as ``model`` (empty: ``{}``). Raises PayloadTooLarge over 64 KB and
+    InvalidRequest for bad JSON or a field of the wrong type (the message names it)."""
     declared = request.get_first_header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
@@ -64,6 +65,8 @@ async def json_body(request: Request, model: type[T]) -> T:
         raise invalid_field(str(exc)) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
+    except RecursionError:  # msgspec's depth guard: nesting no body of ours needs
+        raise InvalidRequest("Request body is nested too deeply.") from None
 
 
 def invalid_field(problem: str) -> InvalidRequest:

@@ -290,6 +290,9 @@ async def test_a_body_of_the_wrong_shape_is_a_400_naming_the_field(admin: Admin)
         answer = admin.http.post("/admin/accounts", content=raw)
         assert answer.status_code == 400
         assert answer.json()["error"]["message"] == "Request body must be a JSON object."
+    deep = b'{"email": "a@b.test", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    answer = admin.http.post("/admin/accounts", content=deep)
+    assert answer.status_code == 400 and error_type(answer) == "invalid_request_error"
 
 
 def test_the_api_reference_page_renders_the_served_document(stack: Stack) -> None:
