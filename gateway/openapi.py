@@ -159,7 +159,6 @@ for _name, _status, _text in _ERRORS:
             RESPONSES[_prefix + _name]["headers"] = _RETRY
 
 _CUSTOMER: list[Schema] = [{"ApiKey": []}, {"ApiKeyBearer": []}]
-_OPERATOR: list[Schema] = [{"OperatorToken": []}]
 
 
 def _ok(schema: Schema | None, description: str = "OK", status: str = "200") -> dict[str, Schema]:
