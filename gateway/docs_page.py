@@ -55,8 +55,13 @@ fetch("/openapi.json").then(r => r.json()).then(doc => {
       s.append(el("span", method, "m " + method), el("code", path), " " + (op.summary || ""));
       d.append(s, el("p", "operationId: " + op.operationId));
       const params = [...shared, ...(op.parameters || [])];
-      if (params.length) d.append(show("Parameters", params.map(
-        p => p.in + " " + p.name + ": " + (p.description || ""))));
+      if (params.length) {
+        const list = el("ul");
+        for (const p of params) {
+          list.append(el("li", p.in + " " + p.name + ": " + (p.description || "")));
+        }
+        d.append(el("strong", "Parameters"), list);
+      }
       const body = op.requestBody && op.requestBody.content["application/json"];
       if (body) d.append(show("Request body", ref(body.schema)));
       for (const [status, res] of Object.entries(op.responses)) {
