@@ -22,6 +22,9 @@ from gateway.plans import DEFAULT_MAX_KEYS, account_plan_fields, get_plan
 from gateway.scripts import Scripts
 
 DAY_MS = 86_400_000
+# Counts an operator types (slots, days) stay far inside signed 32 bits.
+MAX_COUNT = 1_000_000
+MAX_PERIOD_END_MS = 253_402_128_000_000  # 9999-12-30T00:00:00Z
 EVENTS_MAXLEN = 100
 # Concurrent creations on one account re-read its key set at most this often.
 _CREATE_ATTEMPTS = 20
@@ -100,7 +103,8 @@ async def create_account(
         raise InvalidRequest(f"an account for {email} already exists")
     fields = {"email": email, "created_ms": str(now), "extra_ip_slots": "0"}
     if plan is not None:
-        fields |= account_plan_fields(plan, now + plan.period_days * DAY_MS)
+        end = _period_end(now + plan.period_days * DAY_MS, "period_days")
+        fields |= account_plan_fields(plan, end)
     await client.hset(keyspace.AccountKeys(account_id).account, mapping=fields)
     await client.sadd(keyspace.ACCOUNTS, account_id)
     return account_id
@@ -181,7 +185,8 @@ async def assign_plan(
     days = plan.period_days if period_days is None else _positive(period_days, "period_days")
     await get_account(client, account_id)
     ak = keyspace.AccountKeys(account_id)
-    await client.hset(ak.account, mapping=account_plan_fields(plan, now_ms + days * DAY_MS))
+    end = _period_end(now_ms + days * DAY_MS, "period_days")
+    await client.hset(ak.account, mapping=account_plan_fields(plan, end))
     await client.hdel(ak.account, "cancelled_ms")
     return account_view(await get_account(client, account_id), now_ms)
 
@@ -195,7 +200,7 @@ async def extend_plan(
     account = await get_account(client, account_id)
     if not account.get("plan"):
         raise InvalidRequest("the account has no plan to extend; assign one first")
-    end = max(_int(account.get("period_end_ms")), now_ms) + days * DAY_MS
+    end = _period_end(max(_int(account.get("period_end_ms")), now_ms) + days * DAY_MS, "days")
     ak = keyspace.AccountKeys(account_id)
     await client.hset(ak.account, mapping={"period_end_ms": str(end), "status": "active"})
     await client.hdel(ak.account, "cancelled_ms")
@@ -213,14 +218,26 @@ async def cancel_plan(client: avalkey.Valkey, account_id: str, *, now_ms: int) -
 
 
 def _positive(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidRequest(f"{name} must be a positive integer", param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_COUNT:
+        raise InvalidRequest(f"{name} must be an integer from 1 to {MAX_COUNT}", param=name)
     return value
 
 
+def _period_end(end_ms: int, name: str) -> int:
+    """A period end must stay renderable (datetime stops at year 9999): refused past
+    MAX_PERIOD_END_MS, so no listing, CLI view or usage report can fail on it later."""
+    if end_ms > MAX_PERIOD_END_MS:
+        raise InvalidRequest(
+            f"{name}: the period would end after 9999-12-30, which is out of range", param=name
+        )
+    return end_ms
+
+
 async def _add_slots(client: avalkey.Valkey, hash_key: str, n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n == 0:
-        raise InvalidRequest("slots to add must be a non-zero integer", param="add")
+    if isinstance(n, bool) or not isinstance(n, int) or n == 0 or abs(n) > MAX_COUNT:
+        raise InvalidRequest(
+            f"slots to add must be a non-zero integer within ±{MAX_COUNT}", param="add"
+        )
     total = int(await client.hincrby(hash_key, "extra_ip_slots", n))
     if total < 0:
         # Removing more than were bought: undo. Operators are rare enough that the brief

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -15,7 +14,16 @@ import msgspec
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from gateway import accounts, admin_tokens, audit, docs_page, erasure, openapi, upstream_store
+from gateway import (
+    accounts,
+    admin_tokens,
+    audit,
+    docs_page,
+    erasure,
+    openapi,
+    schemas,
+    upstream_store,
+)
 from gateway import admin_models as m
 from gateway.admin_routes import ROUTES, Route
 from gateway.clock import make_clock
@@ -51,8 +59,9 @@ T = TypeVar("T")
 
 
 async def json_body(request: Request, model: type[T]) -> T:
-    """The body decoded as ``model`` (empty: ``{}``). Raises PayloadTooLarge over 64 KB and
-    InvalidRequest for bad JSON or a field of the wrong type (the message names it)."""
+    """The body decoded as ``model`` (empty: ``{}``) by ``schemas.check``. Raises
+    PayloadTooLarge over 64 KB and InvalidRequest for bad JSON or a field of the wrong type
+    (the message starts with the field's name)."""
     declared = request.get_first_header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
@@ -60,25 +69,9 @@ async def json_body(request: Request, model: type[T]) -> T:
     if len(data) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
     try:
-        return msgspec.json.decode(data if data.strip() else b"{}", type=model)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(str(exc)) from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("Request body is not valid JSON.") from None
+        return schemas.check(data if data.strip() else b"{}", model)
     except RecursionError:  # msgspec's depth guard: nesting no body of ours needs
         raise InvalidRequest("Request body is nested too deeply.") from None
-
-
-def invalid_field(problem: str) -> InvalidRequest:
-    """msgspec's ``Expected `int`, got `str` - at `$.add``` as ``add: expected `int`, …``."""
-    missing = re.match(r"Object missing required field `(\w+)`", problem)
-    if missing:
-        return InvalidRequest(f"{missing[1]}: field required", param=missing[1])
-    where = re.search(r" - at `\$\.(\w+)", problem)
-    if where is None:
-        return InvalidRequest("Request body must be a JSON object.")
-    what = problem[: where.start()]
-    return InvalidRequest(f"{where[1]}: {what[:1].lower()}{what[1:]}", param=where[1])
 
 
 def query_int(request: Request, name: str, default: int, maximum: int) -> int:

@@ -10,6 +10,8 @@ from typing import Any
 
 import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
 
 from gateway import admin_api, errors, observability
 from gateway.alerts import Alerts
@@ -19,7 +21,7 @@ from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.console import routes as console
 from gateway.dashboard import routes as dashboard
-from gateway.edge import edge_middleware, error_response
+from gateway.edge import asgi_guard, edge_middleware, error_response
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.observability import Metrics, configure_logging
 from gateway.openai_routes import OpenAIRoutes
@@ -38,8 +40,22 @@ class Resources:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Sub-second socket timeouts and no retries: a hung Valkey turns into a 503 within
+        # a second instead of stalling every request for valkey-py's default 5 s.
         self.valkey = open_client(
-            settings.valkey_url or "", max_connections=512, health_check_interval=30
+            settings.valkey_url or "",
+            max_connections=512,
+            health_check_interval=30,
+            socket_timeout=settings.valkey_timeout,
+            socket_connect_timeout=settings.valkey_connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # Pub/sub waits for messages for hours: its own connection, without a read timeout.
+        self.subscriber = open_client(
+            settings.valkey_url or "",
+            max_connections=2,
+            health_check_interval=30,
+            socket_connect_timeout=settings.valkey_connect_timeout,
         )
         self.scripts = Scripts()
         self.catalog = load_catalog(settings.models_file)
@@ -56,8 +72,8 @@ class Resources:
                 reserve_output_cap=max(1, settings.reserve_output_cap),
                 ip_quarantine_count=settings.quarantine_ip_count,
                 ip_quarantine_period_ms=settings.quarantine_ip_period_s * 1000,
-                failure_quarantine_count=settings.quarantine_failures,
-                failure_quarantine_period_ms=settings.quarantine_failure_period_s * 1000,
+                failure_alert_count=settings.quarantine_failures,
+                failure_alert_period_ms=settings.quarantine_failure_period_s * 1000,
             ),
         )
         self.auth = Authenticator(
@@ -74,7 +90,10 @@ class Resources:
         self.ready = False
 
     async def _bad_secret(self, account_id: str, key_id: str, ip_tag: str) -> None:
-        await self.limiter.record_key_failure(account_id=account_id, key_id=key_id, ip_tag=ip_tag)
+        alerted = await self.limiter.record_key_failure(
+            account_id=account_id, key_id=key_id, ip_tag=ip_tag
+        )
+        self.metrics.wrong_secret(alerted)
 
     async def start(self) -> None:
         await self.alerts.start()
@@ -102,7 +121,7 @@ class Resources:
     async def _listen(self) -> None:
         while True:
             try:
-                await self.auth.listen_for_invalidations(self.valkey)
+                await self.auth.listen_for_invalidations(self.subscriber)
             except (OSError, avalkey.ValkeyError):
                 await asyncio.sleep(1.0)
 
@@ -114,6 +133,7 @@ class Resources:
         await self.upstream.close()
         self.auth.close()
         await self.valkey.aclose()
+        await self.subscriber.aclose()
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -163,11 +183,12 @@ def create_app(settings: Settings) -> Application:
 
     async def readyz(request: Request) -> Response:
         try:
-            await res.valkey.ping()
-            if not res.ready:
-                await res.scripts.load(res.valkey)
-                res.ready = True
-        except (OSError, avalkey.ValkeyError, errors.ServiceUnavailable):
+            async with asyncio.timeout(settings.readyz_timeout):
+                await res.valkey.ping()
+                if not res.ready:
+                    await res.scripts.load(res.valkey)
+                    res.ready = True
+        except (OSError, avalkey.ValkeyError, errors.ServiceUnavailable, TimeoutError):
             return json_response(503, {"status": "valkey unreachable"})
         return json_response(200, {"status": "ready"})
 
@@ -208,4 +229,4 @@ def app_from_env() -> Any:
     """The granian factory target: each worker builds its app from the environment."""
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return asgi_guard(create_app(settings), settings.body_read_timeout)

@@ -3,13 +3,20 @@
 The cache only remembers that a secret matched its hash; whether the key is still active
 (revoked, quarantined) is checked by the admit script on every request, so a revocation
 holds at once on every worker. Pub/sub invalidation also drops cached entries.
+
+Wrong secrets throttle the address that sends them, never the key's owner: key ids are
+public, so a stranger must not be able to lock a key. A throttled address may still present
+a key that parses and whose id exists (a shared address with one bad client); the bcrypt
+work such attempts cost is bounded per key id, per address/key pair and per address (one
+bcrypt at a time), so a burst does not slow other customers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,6 +41,7 @@ class AuthedKey:
     key_id: str
 
 
+Pair = tuple[str, str]
 BadSecretHook = Callable[[str, str, str], Awaitable[None]]
 CacheLookupHook = Callable[[bool], None]
 
@@ -51,6 +59,7 @@ class Authenticator:
         size: int,
         failures_per_minute: int = 30,
         key_failures_per_minute: int = 10,
+        pair_failures_per_minute: int = 3,
         on_bad_secret: BadSecretHook | None = None,
     ) -> None:
         self._client = client
@@ -63,6 +72,12 @@ class Authenticator:
         # this many bcrypt runs a minute per worker, whatever its number of addresses.
         self._key_failures: TTLCache[str, int] = TTLCache(size, 60)
         self._key_failures_limit = key_failures_per_minute
+        # Wrong secrets per (address, key id): past this, that address gets no more bcrypt
+        # for that key unless the address is one the key is bound to.
+        self._pair_failures: TTLCache[tuple[str, str], int] = TTLCache(size, 60)
+        self._pair_failures_limit = pair_failures_per_minute
+        # One bcrypt at a time per failing key id and per throttled address (see _check).
+        self._gates: dict[str, asyncio.Semaphore] = {}
         self._inflight: dict[bytes, asyncio.Future[AuthedKey | None]] = {}
         # A bounded pool: a flood of wrong secrets can use these threads, never the loop.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
@@ -88,14 +103,15 @@ class Authenticator:
         self.on_cache_lookup(False)
         if digest in self._rejected:
             raise AuthenticationFailed(_INVALID)
-        if self._failures.get(ip_tag, 0) >= self._failures_limit:
+        throttled = self._failures.get(ip_tag, 0) >= self._failures_limit
+        if throttled and keys.parse_key(presented) is None:
             raise AuthenticationFailed(_THROTTLED)
         pending = self._inflight.get(digest)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[digest] = pending
             try:
-                result = await self._verify(presented, ip_tag)
+                result = await self._verify(presented, ip_tag, throttled)
             except BaseException as exc:
                 pending.set_exception(exc)
                 pending.exception()  # mark retrieved: waiters may be none
@@ -108,11 +124,11 @@ class Authenticator:
         if result is None:
             self._rejected[digest] = True
             self._failures[ip_tag] = self._failures.get(ip_tag, 0) + 1
-            raise AuthenticationFailed(_INVALID)
+            raise AuthenticationFailed(_THROTTLED if throttled else _INVALID)
         self._cache[digest] = result
         return result
 
-    async def _verify(self, presented: str, ip_tag: str) -> AuthedKey | None:
+    async def _verify(self, presented: str, ip_tag: str, throttled: bool) -> AuthedKey | None:
         parsed = keys.parse_key(presented)
         if parsed is None:
             return None
@@ -131,21 +147,58 @@ class Authenticator:
         if status in (b"quarantined", "quarantined"):
             # Locked either way: say so without spending a bcrypt on whoever is asking.
             raise quarantined(reason.decode() if isinstance(reason, bytes) else str(reason or ""))
-        if self._key_failures.get(parsed.key_id, 0) >= self._key_failures_limit:
-            # Unverified, so it still counts toward the key's failed-secret quarantine; raised
-            # rather than returned so the key's owner is not remembered as a wrong key.
-            if self._on_bad_secret is not None:
-                await self._on_bad_secret(account, parsed.key_id, ip_tag)
-            raise AuthenticationFailed(_INVALID)
+        pair = (ip_tag, parsed.key_id)
+        suspect = (
+            self._key_failures.get(parsed.key_id, 0) >= self._key_failures_limit
+            or self._pair_failures.get(pair, 0) >= self._pair_failures_limit
+        )
+        if suspect:
+            # The key's budget is spent: only its owner's bound addresses still get a bcrypt.
+            with fail_closed():
+                bound = await self._client.hexists(record.key_ips(parsed.key_id), ip_tag)
+            if not bound:
+                await self._bad_secret(account, parsed.key_id, ip_tag, pair)
+                # Raised rather than returned so a correct secret is not remembered as wrong.
+                raise AuthenticationFailed(_THROTTLED if throttled else _INVALID)
         hashed_text = hashed.decode() if isinstance(hashed, bytes) else str(hashed)
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._pool, keys.check_secret, parsed.secret, hashed_text)
+        ok = await self._check(parsed.secret, hashed_text, ip_tag, parsed.key_id, throttled)
         if not ok:
-            self._key_failures[parsed.key_id] = self._key_failures.get(parsed.key_id, 0) + 1
-            if self._on_bad_secret is not None:
-                await self._on_bad_secret(account, parsed.key_id, ip_tag)
+            await self._bad_secret(account, parsed.key_id, ip_tag, pair)
             return None
+        self._pair_failures.pop(pair, None)
         return AuthedKey(account, parsed.key_id)
+
+    async def _check(
+        self, secret: str, hashed: str, ip_tag: str, key_id: str, throttled: bool
+    ) -> bool:
+        """bcrypt in the pool. A key id that has failed lately and a throttled address each
+        get one bcrypt at a time, so a burst against one key holds one thread, not all."""
+        loop = asyncio.get_running_loop()
+        gates = [f"k:{key_id}"] if key_id in self._key_failures else []
+        if throttled:
+            gates.append(f"a:{ip_tag}")
+        async with contextlib.AsyncExitStack() as stack:
+            for name in gates:
+                await stack.enter_async_context(self._gate(name))
+            return await loop.run_in_executor(self._pool, keys.check_secret, secret, hashed)
+
+    @contextlib.asynccontextmanager
+    async def _gate(self, name: str) -> AsyncIterator[None]:
+        gate = self._gates.get(name)
+        if gate is None:
+            gate = self._gates[name] = asyncio.Semaphore(1)
+        try:
+            async with gate:
+                yield
+        finally:
+            if not gate.locked() and self._gates.get(name) is gate:
+                del self._gates[name]
+
+    async def _bad_secret(self, account: str, key_id: str, ip_tag: str, pair: Pair) -> None:
+        self._key_failures[key_id] = self._key_failures.get(key_id, 0) + 1
+        self._pair_failures[pair] = self._pair_failures.get(pair, 0) + 1
+        if self._on_bad_secret is not None:
+            await self._on_bad_secret(account, key_id, ip_tag)
 
     def invalidate_key(self, key_id: str) -> None:
         """Revoked or released elsewhere: drop what this worker remembers of the key."""

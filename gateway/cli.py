@@ -296,10 +296,25 @@ async def _audit(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) 
     emit(args, found, text)
 
 
+_INT32 = 2**31 - 1
+
+
+def _count(text: str) -> int:
+    """An argparse type: numbers the operator types stay inside signed 32 bits (the
+    operations behind check their own, tighter ranges)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if abs(value) > _INT32:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (at most {_INT32})")
+    return value
+
+
 def _parse_since(text: str, now_ms: int) -> int:
     """``7d``, ``12h``, ``30m`` before now, or an RFC 3339 / ISO date."""
     units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
-    if text[:-1].isdigit() and text[-1:] in units:
+    if text[:-1].isdigit() and text[-1:] in units and len(text) < 9:
         return now_ms - int(text[:-1]) * units[text[-1]]
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -690,9 +705,9 @@ def _operator_parsers(sub: Any) -> None:
     action(account, "show", "show an account and its keys", "email")
     action(account, "list", "list accounts")
     plan = action(account, "plan", "put an account on a plan for a fresh period", "email", "plan")
-    plan.add_argument("--period-days", type=int, help="default: the plan's period")
+    plan.add_argument("--period-days", type=_count, help="default: the plan's period")
     extend = action(account, "extend", "extend the plan period (renews a cancelled one)", "email")
-    extend.add_argument("--days", type=int, help="default: the plan's period")
+    extend.add_argument("--days", type=_count, help="default: the plan's period")
     action(account, "cancel", "end the subscription now", "email")
     delete = action(
         account, "delete",
@@ -710,7 +725,7 @@ def _operator_parsers(sub: Any) -> None:
     )
     trail.add_argument("--since", help="7d, 12h, 30m, or an ISO date")
     trail.add_argument("--account", help="only entries about this account (email or id)")
-    trail.add_argument("--limit", type=int, default=50)
+    trail.add_argument("--limit", type=_count, default=50)
     trail.add_argument("--json", action="store_true", help="print JSON")
     trail.set_defaults(action="list")
 
@@ -727,7 +742,7 @@ def _operator_parsers(sub: Any) -> None:
     unbind.add_argument("ip", nargs="?")
     unbind.add_argument("--all", action="store_true")
     slots = action(ip, "add-slots", "add (or with a negative count remove) extra IP slots")
-    slots.add_argument("count", type=int)
+    slots.add_argument("count", type=_count)
     target = slots.add_mutually_exclusive_group(required=True)
     target.add_argument("--key", help="key id: slots for this key only")
     target.add_argument("--account", help="account email or id: slots for every key")
@@ -735,7 +750,7 @@ def _operator_parsers(sub: Any) -> None:
     quarantine = group("quarantine", "quarantined keys and security events")
     qlist = action(quarantine, "list", "quarantined keys (with --account: and its events)")
     qlist.add_argument("--account", help="account email or id")
-    qlist.add_argument("--count", type=int, default=50, help="events to show")
+    qlist.add_argument("--count", type=_count, default=50, help="events to show")
     action(quarantine, "release", "release a key from quarantine", "key_id")
     action(quarantine, "clear-flag", "clear an account's key-sharing flag", "email")
 
@@ -752,11 +767,11 @@ def _operator_parsers(sub: Any) -> None:
     plans = group("plan", "the plan catalog")
     pset = action(plans, "set", "create or update a plan", "name")
     for flag in ("--credits-5h", "--credits-7d", "--ip-slots", "--concurrency"):
-        pset.add_argument(flag, type=int, required=True)
-    pset.add_argument("--period-days", type=int)
+        pset.add_argument(flag, type=_count, required=True)
+    pset.add_argument("--period-days", type=_count)
     pset.add_argument(
         "--max-keys",
-        type=int,
+        type=_count,
         help=f"active keys per account (default: unchanged, new: {DEFAULT_MAX_KEYS})",
     )
     pset.add_argument("--description")
@@ -779,7 +794,7 @@ def _operator_parsers(sub: Any) -> None:
 
     usage = sub.add_parser("usage", help="an account's windows and recent requests")
     usage.add_argument("email")
-    usage.add_argument("--requests", type=int, default=10, help="recent requests to show")
+    usage.add_argument("--requests", type=_count, default=10, help="recent requests to show")
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(action="show")
 

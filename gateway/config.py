@@ -116,6 +116,14 @@ class Settings:
     # to 10 minutes, and Claude Code falls back to them after a stream error.
     upstream_nonstream_timeout: float = 600.0
     max_body_bytes: int = 2 * 1024 * 1024
+    # Deadlines, in seconds: the whole request body from the request's start; the request
+    # line and headers of each request on a connection (granian's own timer); Valkey calls
+    # on the hot path (connect and each socket read/write); /readyz's own answer.
+    body_read_timeout: float = 30.0
+    header_read_timeout: float = 10.0
+    valkey_timeout: float = 0.5
+    valkey_connect_timeout: float = 0.5
+    readyz_timeout: float = 1.0
     # An operator's cap on max_tokens below the models' own output limits; None: the model's.
     max_tokens_limit: int | None = None
     # Origins allowed to call /v1/* from a browser; None: any (keys, not cookies, authenticate).
@@ -171,6 +179,11 @@ class Settings:
             upstream_read_timeout=_float(e, "ANTEX_UPSTREAM_READ_TIMEOUT", 300.0),
             upstream_nonstream_timeout=_float(e, "ANTEX_UPSTREAM_NONSTREAM_TIMEOUT", 600.0),
             max_body_bytes=_int(e, "ANTEX_MAX_BODY_BYTES", 2 * 1024 * 1024, 1),
+            body_read_timeout=_float(e, "ANTEX_BODY_READ_TIMEOUT", 30.0),
+            header_read_timeout=_float(e, "ANTEX_HEADER_READ_TIMEOUT", 10.0),
+            valkey_timeout=_float(e, "ANTEX_VALKEY_TIMEOUT", 0.5),
+            valkey_connect_timeout=_float(e, "ANTEX_VALKEY_CONNECT_TIMEOUT", 0.5),
+            readyz_timeout=_float(e, "ANTEX_READYZ_TIMEOUT", 1.0),
             max_tokens_limit=_int(e, "ANTEX_MAX_TOKENS", 0, 1) or None,
             cors_origins=_origins(e, "ANTEX_CORS_ORIGINS"),
             bcrypt_rounds=_int(e, "ANTEX_BCRYPT_ROUNDS", 10, 4),

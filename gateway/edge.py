@@ -1,11 +1,14 @@
 """The edge every request passes first: its request id, CORS on the public API, and the
 last-resort answer for a fault nothing else mapped.
 
-One middleware does all three so a request pays for one extra await, not three.
+One middleware does all three so a request pays for one extra await, not three. Before it,
+an ASGI guard refuses paths that are not plain ASCII (which blacksheep cannot parse) and
+puts a deadline on reading the request body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import traceback
@@ -13,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from blacksheep import Application, Content, Request, Response, StreamedContent
+from blacksheep.exceptions import HTTPException, MessageAborted
 
 from gateway import errors, wire
 
@@ -64,6 +68,13 @@ def error_response(request: Request, exc: errors.AntexError) -> Response:
     )
 
 
+def route_template(app: Application, request: Request) -> str:
+    """The matched route's pattern (``/v1/models/:model_id``), never the raw path: paths
+    can hold anything a client typed, keys included. Unmatched paths log as ``(unmatched)``."""
+    match = app.router.get_match_by_method_and_path(request.method, request.path)
+    return match.pattern.decode() if match is not None else "(unmatched)"
+
+
 def _where(exc: BaseException) -> str:
     """File and line of the innermost frame: enough to find the fault, no request values
     (an exception's message and a frame's locals can quote the client's input)."""
@@ -106,14 +117,20 @@ def edge_middleware(app: Application, cors_origins: frozenset[bytes] | None) -> 
             response = await handler(request)
         except errors.AntexError as exc:
             response = await app.handle_request_handler_exception(request, exc)
+        except MessageAborted:
+            # The server gave up on the body: malformed chunked framing, or the client left.
+            bad = errors.InvalidRequest("The request body was malformed or cut short.")
+            response = await app.handle_request_handler_exception(request, bad)
+        except HTTPException as exc:
+            # The dashboard and admin API keep blacksheep's own mapping (HTTP errors,
+            # redirects raised as exceptions).
+            response = await app.handle_request_handler_exception(request, exc)
         except Exception as exc:
-            if not public:
-                # The dashboard and admin API keep blacksheep's own mapping (HTTP errors,
-                # redirects raised as exceptions).
-                response = await app.handle_request_handler_exception(request, exc)
-            else:
-                log.error("unexpected %s at %s", type(exc).__name__, _where(exc))
-                response = error_response(request, errors.InternalError("Internal error."))
+            log.error(
+                "unexpected %s at %s on %s %s",
+                type(exc).__name__, _where(exc), request.method, route_template(app, request),
+            )  # fmt: skip
+            response = error_response(request, errors.InternalError("Internal error."))
         response.set_header(b"request-id", rid.encode())
         if public and is_openai(request):
             response.set_header(b"x-request-id", rid.encode())
@@ -162,3 +179,59 @@ def stream_response(
                 yield chunk
 
     return Response(200, headers, StreamedContent(content_type, nonempty))
+
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def _clean_path(raw: bytes) -> bool:
+    # Visible ASCII only: anything else is refused before blacksheep tries to parse it.
+    return raw.isascii() and all(0x20 < b < 0x7F for b in raw)
+
+
+def asgi_guard(app: ASGIApp, body_read_timeout: float) -> ASGIApp:
+    """Wraps the ASGI app: a path with raw non-ASCII or control bytes gets a 400 in the
+    route's JSON shape (never logged); reading the request body must finish within
+    ``body_read_timeout`` seconds of the request's start, else the read raises
+    RequestTimedOut (a 408 in the route's shape). After the body is complete, ``receive``
+    is left alone (stream handlers wait on it for the client's disconnect)."""
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        raw = scope.get("raw_path") or b""
+        if raw and not _clean_path(raw.split(b"?", 1)[0]):
+            return await _refuse_path(scope, send)
+        deadline = asyncio.get_running_loop().time() + body_read_timeout
+        complete = False
+
+        async def receive_in_time() -> dict[str, Any]:
+            nonlocal complete
+            if complete:
+                return cast(dict[str, Any], await receive())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = cast(dict[str, Any], await receive())
+            except TimeoutError:
+                raise errors.RequestTimedOut(
+                    f"The request body was not received within {body_read_timeout:g} s."
+                ) from None
+            if message.get("type") != "http.request" or not message.get("more_body"):
+                complete = True
+            return message
+
+        return await app(scope, receive_in_time, send)
+
+    return guarded
+
+
+async def _refuse_path(scope: dict[str, Any], send: Any) -> None:
+    rid = new_request_id()
+    err = errors.InvalidRequest("The request path must be plain ASCII (percent-encode it).")
+    path = str(scope.get("path", ""))
+    body = wire.openai_body(err) if path.startswith(OPENAI_PATHS) else wire.anthropic_body(err, rid)
+    headers = [(k, v) for k, v in wire.headers_of(err, rid)]
+    headers += [(b"content-type", b"application/json"), (b"connection", b"close")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

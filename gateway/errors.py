@@ -7,6 +7,7 @@
     │   ├── PayloadTooLarge       payload_too_large       400
     │   ├── MaxTokensTooLarge     max_tokens_too_large    400
     │   └── PreviousResponseNotFound  previous_response_not_found  400
+    ├── RequestTimedOut           timeout_error           408 (body not received in time)
     ├── NotFound                  not_found_error         404
     ├── AuthenticationFailed      authentication_error    401
     ├── PermissionDenied          permission_error        403
@@ -49,6 +50,10 @@ class PreviousResponseNotFound(InvalidRequest):
     """The Responses API is served statelessly: there is never a stored response to continue."""
 
     code = "previous_response_not_found"
+
+
+class RequestTimedOut(AntexError):
+    code = "timeout_error"
 
 
 class NotFound(AntexError):

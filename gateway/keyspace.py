@@ -70,6 +70,10 @@ class AccountKeys:
         """Zset: "<ip tag>#<attempt id>" -> ms of each failed secret (brute-force signal)."""
         return f"{self.tag}:fail:{key_id}"
 
+    def key_failure_alert(self, key_id: str) -> str:
+        """String: set for one period after a wrong-secrets event, so one burst alerts once."""
+        return f"{self.tag}:failalert:{key_id}"
+
     @property
     def networks(self) -> str:
         """Zset: ip tag any key of the account was used from -> last seen ms, pruned to the

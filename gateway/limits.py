@@ -64,8 +64,8 @@ class LimiterSettings:
     reserve_output_cap: int = 8192
     ip_quarantine_count: int = 3
     ip_quarantine_period_ms: int = 10 * MINUTE_MS
-    failure_quarantine_count: int = 20
-    failure_quarantine_period_ms: int = 5 * MINUTE_MS
+    failure_alert_count: int = 20
+    failure_alert_period_ms: int = 5 * MINUTE_MS
     log_maxlen: int = 100
     events_maxlen: int = 100
     aggregate_days: int = 7
@@ -124,8 +124,13 @@ def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last instant datetime renders
+
+
 def rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Clamped so a stored value out of datetime's range still renders (as the range's edge).
+    seconds = min(max(ms // 1000, 0), _LAST_SECOND)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _duration(ms: int) -> str:
@@ -386,20 +391,24 @@ class CreditLimiter:
         )
 
     async def record_key_failure(self, *, account_id: str, key_id: str, ip_tag: str) -> bool:
-        """Count one wrong secret for an existing key id; True when this one quarantined it."""
+        """Count one wrong secret for an existing key id; True when this one crossed the
+        threshold and wrote a `wrong_secrets` security event. The key is never locked."""
         k, s, now = _keys(account_id), self.settings, self._clock()
         raw = await self._scripts.call(
             self._client,
             "key_failure",
-            [k.key(key_id), k.key_failures(key_id), k.events],
+            [k.key(key_id), k.key_failures(key_id), k.events, k.key_failure_alert(key_id)],
             [
-                now, secrets.token_hex(6), s.failure_quarantine_period_ms,
-                s.failure_quarantine_count, key_id, ip_tag, s.events_maxlen,
+                now, secrets.token_hex(6), s.failure_alert_period_ms,
+                s.failure_alert_count, key_id, ip_tag, s.events_maxlen,
             ],
         )  # fmt: skip
-        if _str(raw[0]) != "quarantined":
+        if _str(raw[0]) != "alerted":
             return False
-        await self._index_quarantine(account_id, key_id, now, "wrong secrets")
+        log.warning(
+            "wrong secrets for key %s of account %s: %s within the period",
+            key_id, account_id, int(raw[1]),
+        )  # fmt: skip
         return True
 
 

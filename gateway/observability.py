@@ -25,6 +25,7 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway import __version__, errors
+from gateway.edge import route_template
 from gateway.pool_metrics import PoolMetrics
 from gateway.usage import Usage
 
@@ -198,6 +199,18 @@ class Metrics:
             ("result",),
             registry=own,
         )
+        self._wrong_secrets = Counter(
+            "antex_auth_wrong_secrets",
+            "Wrong secrets presented for existing key ids (brute force on a known id).",
+            registry=own,
+        )
+        self._security = Counter(
+            "antex_security_events",
+            "Security events written for the operator, by type (wrong_secrets: a burst of "
+            "wrong secrets for one key id crossed ANTEX_QUARANTINE_FAILURES).",
+            ("type",),
+            registry=own,
+        )
         self._valkey = Counter(
             "antex_valkey_errors",
             "Valkey calls that failed (requests refused with 503, settlements lost).",
@@ -226,6 +239,7 @@ class Metrics:
         self._error_kinds: dict[tuple[int, str], Any] = {}
         self._streams.set(0)  # so the series exists (at 0) before the first stream
         self._valkey.inc(0)
+        self._wrong_secrets.inc(0)
 
     def _new_series(self, route: str, status: int, model: str) -> _Series:
         tokens = self._tokens
@@ -294,6 +308,11 @@ class Metrics:
 
     def auth_lookup(self, hit: bool) -> None:
         (self._auth_hit if hit else self._auth_miss).inc()
+
+    def wrong_secret(self, alerted: bool) -> None:
+        self._wrong_secrets.inc()
+        if alerted:
+            self._security.labels("wrong_secrets").inc()
 
     def error_response(self, status: int, error_type: str) -> None:
         child = self._error_kinds.get((status, error_type))
@@ -393,7 +412,7 @@ def _count_error_responses(app: Application, res: Resources) -> None:
             fields = {
                 "request_id": rid.decode() if rid else None,
                 "method": request.method,
-                "path": request.path,
+                "path": route_template(app_, request),
                 "ip_tag": pipeline.client_tag(request),
                 "status": response.status,
                 "error_type": exc.code,

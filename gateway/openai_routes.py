@@ -29,6 +29,7 @@ from gateway.proxy import (
     upstream_headers,
     watch_disconnect,
 )
+from gateway.schemas import ChatBody, ResponsesBody
 from gateway.sse import EventSplitter, usage_from_message
 from gateway.translate.common import anthropic_error_to_openai
 from gateway.translate.openai_chat import (
@@ -105,7 +106,7 @@ class OpenAIRoutes:
     # -- POST /v1/chat/completions -------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        payload, caller, adaptive = await self._read(request)
+        payload, caller, adaptive = await self._read(request, ChatBody)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
         ticket = await self._admit(request, "chat_completions", caller, translated)
         resp = await self._post(request, ticket)
@@ -125,8 +126,13 @@ class OpenAIRoutes:
     # -- POST /v1/responses --------------------------------------------------------------------
 
     async def responses(self, request: Request) -> Response:
-        payload, caller, adaptive = await self._read(request)
+        payload, caller, adaptive = await self._read(request, ResponsesBody)
         translated, ctx = responses_request_to_anthropic(payload, adaptive_thinking=adaptive)
+        try:
+            # The answer echoes these request fields: refuse now what could not be written.
+            orjson.dumps([ctx.text, ctx.tools, ctx.metadata, ctx.tool_choice, ctx.reasoning])
+        except orjson.JSONEncodeError:
+            raise errors.InvalidRequest("Request body is nested too deeply.") from None
         try:
             ticket = await self._admit(request, "responses", caller, translated)
         except errors.RateLimited as exc:
@@ -176,10 +182,12 @@ class OpenAIRoutes:
 
     # -- shared steps --------------------------------------------------------------------------
 
-    async def _read(self, request: Request) -> tuple[dict[str, Any], _Caller, bool]:
+    async def _read(
+        self, request: Request, schema: type[Any]
+    ) -> tuple[dict[str, Any], _Caller, bool]:
         p = self.p
         caller = await p.authenticate(request)
-        payload = p.parse(await p.read_body(request))
+        payload = p.parse(await p.read_body(request), schema)
         model_id = payload.get("model")
         adaptive = False
         if isinstance(model_id, str) and model_id:
@@ -192,7 +200,11 @@ class OpenAIRoutes:
     ) -> Ticket:
         p = self.p
         model, max_tokens = p.check_messages(translated)
-        body = orjson.dumps(translated)  # the estimate prices the bytes Claude will read
+        try:
+            body = orjson.dumps(translated)  # the estimate prices the bytes Claude will read
+        except orjson.JSONEncodeError:
+            # orjson writes at most 254 levels; a deeper tool schema is no real request.
+            raise errors.InvalidRequest("Request body is nested too deeply.") from None
         authed, ip_tag = caller
         return await p.admit(
             request_id=request_id(request), route=route, authed=authed, ip_tag=ip_tag, model=model,

@@ -18,7 +18,7 @@ import orjson
 from blacksheep import Request
 from blacksheep.contents import ASGIContent
 
-from gateway import errors, events, netaddr
+from gateway import errors, events, netaddr, schemas
 from gateway.auth import AuthedKey, Authenticator
 from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
@@ -123,7 +123,11 @@ class Pipeline:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def parse(self, body: bytes) -> dict[str, Any]:
+    def parse(self, body: bytes, schema: type[Any] | None = None) -> dict[str, Any]:
+        """The body as a JSON object, first checked against the route's ``schema`` (from
+        gateway.schemas) so the code behind it reads only well-typed fields."""
+        if schema is not None:
+            schemas.check(body, schema)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:

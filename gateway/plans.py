@@ -24,6 +24,10 @@ log = logging.getLogger("antex.plans")
 _BATCH = 500
 # Active keys per account for plans saved before the key cap existed.
 DEFAULT_MAX_KEYS = 5
+# Upper bounds of a plan's numbers: credits fit signed 32 bits (milli-credits stay exact in a
+# Lua double), a period keeps every date renderable, counts stay sane.
+_LIMITS = {"period_days": 36_500, "ip_slots": 1_000_000, "concurrency": 1_000_000,
+           "max_keys": 1_000_000}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,10 @@ class Plan:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"plan {self.name}: {field} must be a positive integer")
+            if value > _LIMITS.get(field, 2**31 - 1):
+                raise ConfigError(
+                    f"plan {self.name}: {field} must be at most {_LIMITS.get(field, 2**31 - 1)}"
+                )
         if self.credits_7d < self.credits_5h:
             raise ConfigError(f"plan {self.name}: credits_7d is below credits_5h")
 

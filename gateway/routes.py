@@ -26,6 +26,7 @@ from gateway.proxy import (
     upstream_headers,
     watch_disconnect,
 )
+from gateway.schemas import CountTokensBody, MessagesBody
 from gateway.sse import usage_from_message
 
 JSON = b"application/json"
@@ -72,7 +73,7 @@ class AnthropicRoutes:
         p = self.p
         authed, ip_tag = await p.authenticate(request)
         body = await p.read_body(request)
-        payload = p.parse(body)
+        payload = p.parse(body, MessagesBody)
         model, max_tokens = p.check_messages(payload)
         ticket = await p.admit(
             request_id=request_id(request), route="messages", authed=authed, ip_tag=ip_tag,
@@ -120,7 +121,7 @@ class AnthropicRoutes:
         p = self.p
         authed, ip_tag = await p.authenticate(request)
         body = await p.read_body(request)
-        payload = p.parse(body)
+        payload = p.parse(body, CountTokensBody)
         model_id = payload.get("model")
         if not isinstance(model_id, str) or not model_id:
             raise errors.InvalidRequest("model: field required", param="model")

@@ -126,6 +126,7 @@ Antex is starting on {base}
 def serve(settings: Settings, *, demo: bool = False) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     embedded: EmbeddedValkey | None = None
     simulator: subprocess.Popen[bytes] | None = None
@@ -170,6 +171,11 @@ def serve(settings: Settings, *, demo: bool = False) -> None:
             loop=Loops.uvloop,
             backlog=4096,
             log_access=False,
+            # A connection that does not send a complete request line and headers in time is
+            # closed by granian itself (capped at its 60 s maximum).
+            http1_settings=HTTP1Settings(
+                header_read_timeout=max(1, min(60_000, int(settings.header_read_timeout * 1000)))
+            ),
         )
         server.serve()
     finally:

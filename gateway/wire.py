@@ -20,6 +20,7 @@ _STATUS: tuple[tuple[type[errors.AntexError], int], ...] = (
     (errors.KeyLimitReached, 403),
     (errors.PermissionDenied, 403),
     (errors.NotFound, 404),
+    (errors.RequestTimedOut, 408),
     (errors.RateLimited, 429),
     (errors.UpstreamTimedOut, 504),
     (errors.UpstreamFailed, 502),
@@ -31,6 +32,7 @@ _OPENAI_TYPE = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     429: "rate_limit_error",
 }
 _OPENAI_CODE = {

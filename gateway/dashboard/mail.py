@@ -19,6 +19,7 @@ from gateway.errors import ConfigError
 
 log = logging.getLogger("antex.dashboard.mail")
 
+_DEFER_S = 0.25
 _TIMEOUT_S = 20.0
 
 
@@ -92,7 +93,12 @@ class Mailer:
         self._pending: set[asyncio.Task[None]] = set()
 
     def spawn(self, job: Awaitable[None]) -> None:
+        """Runs ``job`` off the request path, and only once the answer is long written: its
+        Valkey lookups and SMTP work (done only for existing accounts) must not show in the
+        sign-in's timing."""
+
         async def run() -> None:
+            await asyncio.sleep(_DEFER_S)
             await job
 
         task = asyncio.get_running_loop().create_task(run())

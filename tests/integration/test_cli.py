@@ -46,6 +46,11 @@ def test_account_commands(stack: Stack) -> None:
     assert longer["period_end_ms"] - moved["period_end_ms"] == 2 * DAY_MS
     renewed = cli(stack, "account", "extend", address, "--json").json()
     assert renewed["period_end_ms"] - longer["period_end_ms"] == 30 * DAY_MS
+    # Out-of-range numbers are refused before or by the operation, and the views still work.
+    for days in ("99999999999999999999", "2147483647", "3000000"):
+        refused = cli(stack, "account", "extend", address, "--days", days)
+        assert refused.code != 0 and "Traceback" not in refused.err, refused.err
+    assert cli(stack, "account", "show", address).code == 0
 
     key = cli(stack, "key", "create", address).out.strip()
     assert send(stack, key).status_code == 200

@@ -254,7 +254,7 @@ async def test_more_networks_than_keys_times_slots_in_a_day_flag_the_account(
     assert await async_valkey.zcard(account.keys.networks) == 2
 
 
-async def test_wrong_secrets_quarantine_the_key_at_the_threshold(
+async def test_wrong_secrets_alert_the_operator_once_and_never_lock_the_key(
     async_valkey: Client, make_limiter: MakeLimiter, account_id: str, clock: FakeClock
 ) -> None:
     limiter = make_limiter()
@@ -270,14 +270,24 @@ async def test_wrong_secrets_quarantine_the_key_at_the_threshold(
             account_id=account_id, key_id="k1", ip_tag="ip-9"
         )
     assert await limiter.record_key_failure(account_id=account_id, key_id="k1", ip_tag="ip-8")
-    reason = await async_valkey.hget(account.keys.key("k1"), "quarantine_reason")
-    assert reason == "20 wrong secrets were presented for this key within 5 min"
-    (_, event), *_ = await async_valkey.xrange(account.keys.events)
+    # One event per burst: the next failures within the period write nothing more.
+    for _ in range(5):
+        assert not await limiter.record_key_failure(
+            account_id=account_id, key_id="k1", ip_tag="ip-8"
+        )
+    assert await async_valkey.hget(account.keys.key("k1"), "status") == "active"
+    [(_, event)] = await async_valkey.xrange(account.keys.events)
+    assert event["type"] == "wrong_secrets" and event["key_id"] == "k1"
+    assert event["reason"] == "20 wrong secrets were presented for this key within 5 min"
     assert sorted(event["ips"].split(",")) == ["ip-8", "ip-9"]
-    with pytest.raises(errors.KeyQuarantined, match="20 wrong secrets"):
-        await admit(limiter, account_id)
-    # Nothing more to record on a quarantined, revoked or unknown key.
-    assert not await limiter.record_key_failure(account_id=account_id, key_id="k1", ip_tag="x")
+    await admit(limiter, account_id)  # the owner keeps working
+    # A later burst alerts again.
+    clock.advance(5 * MINUTE_MS)
+    for _ in range(19):
+        assert not await limiter.record_key_failure(
+            account_id=account_id, key_id="k1", ip_tag="ip-7"
+        )
+    assert await limiter.record_key_failure(account_id=account_id, key_id="k1", ip_tag="ip-7")
     assert not await limiter.record_key_failure(account_id=account_id, key_id="nope", ip_tag="x")
 
 
