@@ -608,6 +608,21 @@ async def clear_flag(
     return account_view(await get_account(client, account_id), now)
 
 
+async def clear_reservations(client: avalkey.Valkey, account_id: str) -> int:
+    """Drops every reservation the account holds (requests in flight stop counting against
+    its windows and concurrency cap); returns how many there were. Raises NotFound.
+
+    Their requests are still billed when they end: settlement does not need the reservation.
+    """
+    await get_account(client, account_id)
+    ak = keyspace.AccountKeys(account_id)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.zcard(ak.inflight)
+        pipe.delete(ak.inflight, ak.reserved)
+        held, _ = await pipe.execute()
+    return int(held)
+
+
 # ---------------------------------------------------------------- usage
 
 

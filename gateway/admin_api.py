@@ -297,6 +297,9 @@ class AdminApi:
         found = await accounts.list_quarantined(self.valkey, account_id)
         return {**page(found, limit, offset), "flagged": flagged}
 
+    async def clear_reservations(self, request: Request, account: str) -> Any:
+        return await self.acting(request).clear_reservations(await self.account_id(account))
+
     async def clear_flag(self, request: Request, account: str) -> Any:
         return await self.acting(request).clear_flag(await self.account_id(account))
 

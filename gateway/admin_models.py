@@ -109,6 +109,12 @@ class AccountSlots(Struct):
     extra_ip_slots: int
 
 
+class ClearedReservations(Struct):
+    account_id: str
+    email: str
+    cleared: int
+
+
 class UpstreamRemoved(Struct):
     id: str
     removed: Literal[True]

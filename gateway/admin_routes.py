@@ -107,6 +107,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{_ACC}/clear-flag", "adminClearFlag",
           "Clear the account's key-sharing flag and the networks counted so far",
           "clear_flag", m.Account),
+    Route("POST", f"{_ACC}/clear-reservations", "adminClearReservations",
+          "Drop the account's reservations (requests in flight a lost gateway node left held); "
+          "their requests are still billed when they end", "clear_reservations",
+          m.ClearedReservations),
     Route("GET", f"{_ACC}/usage", "adminUsage",
           "Both windows, credits and the recent request log (metadata only)", "usage",
           m.UsageReport, query=(Query("requests", "recent requests, 1-100 (default 20)", _INT),)),

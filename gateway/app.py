@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import valkey.asyncio as avalkey
@@ -31,9 +34,15 @@ from gateway.pool_sync import PoolSync
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
 from gateway.scripts import Scripts
+from gateway.settlement import Settler
 from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")
+# A stopping worker's last settlement flushes (after granian's ANTEX_DRAIN_SECONDS); what
+# is still queued then stays spooled for the next start.
+SETTLE_DRAIN_S = 10
+# How long before granian's kill open streams are ended (and their charges spooled).
+STREAM_CUT_MARGIN_S = 1.5
 
 class Resources:
     """Everything one worker opens at start-up and closes at shutdown."""
@@ -74,7 +83,15 @@ class Resources:
                 ip_quarantine_period_ms=settings.quarantine_ip_period_s * 1000,
                 failure_alert_count=settings.quarantine_failures,
                 failure_alert_period_ms=settings.quarantine_failure_period_s * 1000,
+                reservation_ttl_ms=settings.reservation_ttl_s * 1000,
             ),
+        )
+        self.settler = Settler(
+            self.limiter,
+            Path(settings.data_dir) / "spool",
+            interval_s=settings.settle_flush_ms / 1000,
+            call_timeout_s=settings.settle_timeout_s,
+            on_error=self._settle_error,
         )
         self.auth = Authenticator(
             self.valkey,
@@ -82,12 +99,18 @@ class Resources:
             size=settings.auth_cache_size,
             on_bad_secret=self._bad_secret,
         )
-        self.pipeline = Pipeline(settings, self.auth, self.limiter, self.catalog, self.metrics)
+        self.pipeline = Pipeline(
+            settings, self.auth, self.limiter, self.catalog, self.metrics, self.settler
+        )
         self.alerts = Alerts(settings, self.valkey, metrics=self.metrics)
-        self.limiter.notify = self.pipeline.notify = self.alerts.notify
+        self.limiter.notify = self.pipeline.notify = self.settler.notify = self.alerts.notify
         self.upstream.on_disabled = self.alerts.upstream_disabled
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
+
+    def _settle_error(self) -> None:
+        self.metrics.valkey_error()
+        self.alerts.valkey_error("settle")
 
     async def _bad_secret(self, account_id: str, key_id: str, ip_tag: str) -> None:
         alerted = await self.limiter.record_key_failure(
@@ -95,8 +118,32 @@ class Resources:
         )
         self.metrics.wrong_secret(alerted)
 
+    def _watch_stop(self) -> None:
+        """Granian gives a stopping worker ANTEX_DRAIN_SECONDS, then kills it: just before,
+        open streams are ended with an error event and billed for what they forwarded.
+        Granian's own SIGTERM handling goes on unchanged (the loop's wakeup fd still fires).
+        """
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+        cut_after_s = max(0.0, self.settings.drain_seconds - STREAM_CUT_MARGIN_S)
+
+        def stopping() -> None:
+            loop.call_later(cut_after_s, self.pipeline.cut_streams)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(stopping)
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread: no last-moment cut, streams die with it
+            log.info("SIGTERM not watched; open streams are cut without an error event")
+
     async def start(self) -> None:
         await self.alerts.start()
+        self.settler.start()
+        self._watch_stop()
         try:
             await self.scripts.load(self.valkey)
         except errors.ServiceUnavailable:
@@ -128,7 +175,7 @@ class Resources:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await self.pipeline.drain()
+        await self.pipeline.drain(SETTLE_DRAIN_S)
         await self.alerts.stop()
         await self.upstream.close()
         self.auth.close()

@@ -237,6 +237,14 @@ async def _account_cancel(client: avalkey.Valkey, args: argparse.Namespace, s: S
     emit(args, account, f"{account['email']}: plan {account['plan']} cancelled")
 
 
+@command("account", "clear-reservations")
+async def _account_clear_reservations(
+    client: avalkey.Valkey, args: argparse.Namespace, s: Settings
+) -> None:
+    done = await _operator(client, s).clear_reservations(await _account(client, args.email))
+    emit(args, done, f"{done['email']}: {done['cleared']} reservations cleared")
+
+
 @command("account", "delete")
 async def _account_delete(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id = await _account(client, args.email)
@@ -709,6 +717,10 @@ def _operator_parsers(sub: Any) -> None:
     extend = action(account, "extend", "extend the plan period (renews a cancelled one)", "email")
     extend.add_argument("--days", type=_count, help="default: the plan's period")
     action(account, "cancel", "end the subscription now", "email")
+    action(
+        account, "clear-reservations",
+        "free the requests-in-flight a lost gateway node left held", "email",
+    )  # fmt: skip
     delete = action(
         account, "delete",
         "erase the account, its keys, usage, sessions and sign-in links (asks first)", "email",

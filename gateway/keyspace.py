@@ -101,6 +101,11 @@ class AccountKeys:
         return f"{self.tag}:reserved"
 
     @property
+    def settled(self) -> str:
+        """Zset: settled or released request id -> ms until which a repeat is ignored."""
+        return f"{self.tag}:settled"
+
+    @property
     def log(self) -> str:
         """Stream, capped: per-request usage metadata (never content)."""
         return f"{self.tag}:log"

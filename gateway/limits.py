@@ -18,16 +18,18 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NoReturn
 
+import orjson
+
 from gateway import errors, events, keyspace
 from gateway.keyspace import AccountKeys
 from gateway.plans import DEFAULT_MAX_KEYS
-from gateway.scripts import Client, Scripts, fail_closed
+from gateway.scripts import Arg, Client, Scripts, fail_closed
 
 log = logging.getLogger("antex.limits")
 
@@ -59,8 +61,13 @@ class LimiterSettings:
     bucket_5h_ms: int = MINUTE_MS
     window_7d_ms: int = 7 * DAY_MS
     bucket_7d_ms: int = HOUR_MS
-    # A reservation whose request died without settling frees itself after this.
-    reservation_ttl_ms: int = 20 * MINUTE_MS
+    # A reservation is a lease: the worker renews it while the request runs (every third of
+    # it), so one whose worker died frees itself after this.
+    reservation_ttl_ms: int = 2 * MINUTE_MS
+    # How long a settled request id is remembered: a repeat within it (retry, replay) is a
+    # no-op. Longer than any retry or spool replay is expected to take; memory grows with
+    # requests per this period (~100 bytes each).
+    settled_ttl_ms: int = HOUR_MS
     reserve_output_cap: int = 8192
     ip_quarantine_count: int = 3
     ip_quarantine_period_ms: int = 10 * MINUTE_MS
@@ -81,6 +88,41 @@ class LimiterSettings:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise errors.ConfigError(f"limiter setting {f.name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One request's settlement as settle.lua takes it and the spool keeps it.
+
+    ``log`` is the flat (field, value, ...) usage entry, metadata only; None releases the
+    reservation of a request whose admission outcome is unknown, charging nothing."""
+
+    account_id: str
+    key_id: str
+    request_id: str
+    cost_mc: int  # milli-credits, >= 0
+    log: tuple[str | int, ...] | None
+
+    def packed(self, key_index: int) -> bytes:
+        """settle.lua's record: [request_id, cost_mc, key index in KEYS, log or 0]."""
+        return orjson.dumps(
+            [self.request_id, self.cost_mc, key_index, 0 if self.log is None else self.log]
+        )
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"a": self.account_id, "k": self.key_id, "r": self.request_id,
+             "c": self.cost_mc, "l": self.log}
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Charge:
+        """Raises KeyError/TypeError/ValueError on a malformed spool line."""
+        log = raw["l"]
+        return cls(
+            str(raw["a"]), str(raw["k"]), str(raw["r"]), int(raw["c"]),
+            None if log is None else tuple(log),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +229,14 @@ class CreditLimiter:
         self._clock = clock
         self.settings = settings or LimiterSettings()
         self._dropped_fields: set[str] = set()
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def scripts(self) -> Scripts:
+        return self._scripts
         # The worker's alerts (set by the app): quarantines and window thresholds learnt
         # from the scripts' replies, so alerting costs no extra Valkey call per request.
         self.notify: events.Notify = events.ignore
@@ -211,7 +261,7 @@ class CreditLimiter:
             [
                 k.account, k.key(key_id), k.key_ips(key_id), k.key_denied(key_id),
                 k.window_5h_amounts, k.window_7d_amounts, k.inflight, k.reserved, k.events,
-                k.networks,
+                k.networks, k.settled,
             ],
             [
                 now, request_id, estimate, ip_tag, int(check_only), key_id,
@@ -239,6 +289,9 @@ class CreditLimiter:
     ) -> NoReturn:
         if outcome == "revoked":
             raise errors.AuthenticationFailed("This API key has been revoked.")
+        if outcome == "settled":
+            # Only a request id reused after it ended gets here (the edge makes fresh ones).
+            raise errors.ServiceUnavailable("This request was already settled; retry.")
         if outcome == "quarantined":
             reason = _str(raw[2])
             if int(raw[1]):
@@ -332,6 +385,62 @@ class CreditLimiter:
         except errors.ServiceUnavailable:
             log.error("quarantine of key %s not indexed; it is still enforced", key_id)
 
+    def charge(
+        self,
+        *,
+        account_id: str,
+        key_id: str,
+        request_id: str,
+        cost_mc: int,
+        record: Mapping[str, str | int],
+    ) -> Charge:
+        """The settlement of one request: its cost and the log entry that may be stored
+        (``LOG_FIELDS`` only: metadata, never content)."""
+        entry: list[str | int] = ["request_id", request_id, "key_id", key_id]
+        for name, value in record.items():
+            if name in LOG_FIELDS:
+                entry += (name, value if isinstance(value, int) else str(value)[:_MAX_LOG_VALUE])
+            elif name not in self._dropped_fields:
+                self._dropped_fields.add(name)
+                log.warning("usage log field %r is not in LOG_FIELDS; dropped", name)
+        cost = max(0, cost_mc)
+        entry += ("credits_mc", cost)
+        return Charge(account_id, key_id, request_id, cost, tuple(entry))
+
+    def settle_call(
+        self, account_id: str, charges: Sequence[Charge], renewals: Sequence[str] = ()
+    ) -> tuple[list[str], list[Arg]]:
+        """KEYS and ARGV of one settle.lua call: one account's charges and lease renewals."""
+        k, s = _keys(account_id), self.settings
+        keys = [
+            k.window_5h_amounts, k.window_7d_amounts, k.inflight, k.reserved, k.log, k.daily,
+            k.settled,
+        ]  # fmt: skip
+        key_index: dict[str, int] = {}
+        packed: list[Arg] = []
+        for c in charges:
+            index = 0
+            if c.log is not None:
+                index = key_index.get(c.key_id, 0)
+                if not index:
+                    keys.append(k.key(c.key_id))
+                    index = key_index[c.key_id] = len(keys)
+            packed.append(c.packed(index).decode())
+        args: list[Arg] = [
+            self._clock(), s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms,
+            s.log_maxlen, s.aggregate_days, s.settled_ttl_ms, s.reservation_ttl_ms,
+            len(renewals), *renewals, *packed,
+        ]  # fmt: skip
+        return keys, args
+
+    async def settle_many(
+        self, account_id: str, charges: Sequence[Charge], renewals: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        """One call settling an account's charges; returns (applied, already settled)."""
+        keys, args = self.settle_call(account_id, charges, renewals)
+        raw = await self._scripts.call(self._client, "settle", keys, args)
+        return int(raw[0]), int(raw[1])
+
     async def settle(
         self,
         *,
@@ -340,38 +449,14 @@ class CreditLimiter:
         request_id: str,
         cost_mc: int,
         record: Mapping[str, str | int],
-    ) -> None:
-        k, s, now = _keys(account_id), self.settings, self._clock()
-        cost = max(0, cost_mc)
-        entry: dict[str, str | int] = {"request_id": request_id, "key_id": key_id}
-        for name, value in record.items():
-            if name in LOG_FIELDS:
-                entry[name] = value if isinstance(value, int) else str(value)[:_MAX_LOG_VALUE]
-            elif name not in self._dropped_fields:
-                self._dropped_fields.add(name)
-                log.warning("usage log field %r is not in LOG_FIELDS; dropped", name)
-        entry["credits_mc"] = cost
-
-        def tokens(name: str) -> int:
-            value = record.get(name, 0)
-            return value if isinstance(value, int) else 0
-
-        await self._scripts.call(
-            self._client,
-            "settle",
-            [
-                k.key(key_id), k.window_5h_amounts, k.window_7d_amounts, k.inflight,
-                k.reserved, k.log, k.daily,
-            ],
-            [
-                now, request_id, cost, s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms,
-                s.bucket_7d_ms, s.log_maxlen, str(record.get("model") or "unknown"),
-                tokens("input_tokens"), tokens("output_tokens"),
-                tokens("cache_read_input_tokens"), tokens("cache_creation_input_tokens"),
-                s.aggregate_days,
-                *(item for pair in entry.items() for item in pair),
-            ],
+    ) -> bool:
+        """Settles one request at once; False when it was already settled (a no-op)."""
+        charge = self.charge(
+            account_id=account_id, key_id=key_id, request_id=request_id, cost_mc=cost_mc,
+            record=record,
         )  # fmt: skip
+        applied, _ = await self.settle_many(account_id, [charge])
+        return applied == 1
 
     async def usage(self, account_id: str) -> UsageView:
         k, s, now = _keys(account_id), self.settings, self._clock()

@@ -6,7 +6,6 @@ usage); the pure translators in ``gateway.translate`` map the bodies, this modul
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -19,15 +18,16 @@ from blacksheep import Content, Request, Response
 from gateway import errors
 from gateway.auth import AuthedKey
 from gateway.edge import request_id, stream_response
-from gateway.pipeline import Pipeline, Ticket, asgi_content
+from gateway.pipeline import Pipeline, Ticket
 from gateway.proxy import (
     OPENAI_CLIENT_HEADERS,
+    ClientGone,
+    Departure,
     StreamState,
     Upstream,
     read_body,
     response_headers,
     upstream_headers,
-    watch_disconnect,
 )
 from gateway.schemas import ChatBody, ResponsesBody
 from gateway.sse import EventSplitter, usage_from_message
@@ -49,6 +49,7 @@ SSE = b"text/event-stream"
 _VERSION_PARTS = re.compile(r"(?<![0-9])[0-9]{1,2}(?![0-9])")
 _LOST = {"type": "api_error", "message": "Upstream connection lost"}
 _TIMED_OUT = {"type": "timeout_error", "message": "Upstream stopped sending data"}
+_STOPPING = {"type": "api_error", "message": "The gateway is restarting; retry the request."}
 _Caller = tuple[AuthedKey, str]  # the authenticated key and the client's IP tag
 
 
@@ -94,6 +95,18 @@ def _track_usage(billed: dict[str, Any], event: str, data: dict[str, Any]) -> No
         billed.update(usage)
 
 
+def _delta_bytes(data: dict[str, Any]) -> int:
+    """The content bytes of one content_block_delta: text, thinking or tool-input JSON."""
+    delta = data.get("delta")
+    if not isinstance(delta, dict):
+        return 0
+    for name in ("text", "thinking", "partial_json"):
+        value = delta.get(name)
+        if isinstance(value, str):
+            return len(value.encode())
+    return 0
+
+
 def _json(status: int, payload: Any, headers: list[tuple[bytes, bytes]]) -> Response:
     return Response(status, headers, Content(JSON, orjson.dumps(payload)))
 
@@ -109,19 +122,27 @@ class OpenAIRoutes:
         payload, caller, adaptive = await self._read(request, ChatBody)
         translated = chat_request_to_anthropic(payload, adaptive_thinking=adaptive)
         ticket = await self._admit(request, "chat_completions", caller, translated)
-        resp = await self._post(request, ticket)
-        if not self._is_stream(resp):
-            data = await self._whole(ticket, resp)
-            if data is None:
-                return await self._upstream_error(ticket, resp)
-            answer = anthropic_to_chat_response(data, created=int(time.time()))
-            return _json(200, answer, response_headers(resp))
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        translator = ChatStreamTranslator(
-            model=str(payload["model"]), include_usage=include_usage, created=int(time.time())
-        )
-        return self._stream(ticket, request, resp, translator, b"")
+        departure = self.p.watch(request)
+        resp = None
+        try:
+            resp = await departure.guard(self._post(request, ticket))
+            if not self._is_stream(resp):
+                data = await departure.guard(self._whole(ticket, resp))
+                if data is None:
+                    return await self._upstream_error(ticket, resp)
+                answer = anthropic_to_chat_response(data, created=int(time.time()))
+                return _json(200, answer, response_headers(resp))
+            options = payload.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            translator = ChatStreamTranslator(
+                model=str(payload["model"]), include_usage=include_usage, created=int(time.time())
+            )
+            return self._stream(ticket, departure, resp, translator, b"")
+        except ClientGone:
+            return self.p.client_left(ticket, resp)
+        finally:
+            if not departure.following:
+                departure.stop()
 
     # -- POST /v1/responses --------------------------------------------------------------------
 
@@ -140,20 +161,28 @@ class OpenAIRoutes:
                 raise
             return self._refused_stream(request, ctx, exc)
         response_id = "resp_" + ticket.request_id.removeprefix("req_")
-        resp = await self._post(request, ticket)
-        if not self._is_stream(resp):
-            data = await self._whole(ticket, resp)
-            if data is None:
-                return await self._upstream_error(ticket, resp)
-            answer = anthropic_to_responses(
-                data, ctx, response_id=response_id, created_at=int(time.time())
+        departure = self.p.watch(request)
+        resp = None
+        try:
+            resp = await departure.guard(self._post(request, ticket))
+            if not self._is_stream(resp):
+                data = await departure.guard(self._whole(ticket, resp))
+                if data is None:
+                    return await self._upstream_error(ticket, resp)
+                answer = anthropic_to_responses(
+                    data, ctx, response_id=response_id, created_at=int(time.time())
+                )
+                return _json(200, answer, response_headers(resp))
+            translator = ResponsesStreamTranslator(
+                ctx, response_id=response_id, created_at=int(time.time())
             )
-            return _json(200, answer, response_headers(resp))
-        translator = ResponsesStreamTranslator(
-            ctx, response_id=response_id, created_at=int(time.time())
-        )
-        # created/in_progress go out only now, after the upstream's 200 (F.4.3).
-        return self._stream(ticket, request, resp, translator, translator.start())
+            # created/in_progress go out only now, after the upstream's 200 (F.4.3).
+            return self._stream(ticket, departure, resp, translator, translator.start())
+        except ClientGone:
+            return self.p.client_left(ticket, resp)
+        finally:
+            if not departure.following:
+                departure.stop()
 
     def _refused_stream(
         self, request: Request, ctx: ResponsesContext, exc: errors.RateLimited
@@ -251,23 +280,22 @@ class OpenAIRoutes:
     def _stream(
         self,
         ticket: Ticket,
-        request: Request,
+        departure: Departure,
         resp: aiohttp.ClientResponse,
         translator: _Translator,
         head: bytes,
     ) -> Response:
         """Translates upstream events as they arrive: one upstream chunk, one client write."""
         state = StreamState()
-        watcher = asyncio.get_running_loop().create_task(
-            watch_disconnect(asgi_content(request).receive, resp, state)
-        )
+        departure.follow(resp, state)
         metrics = self.p.metrics
         metrics.stream_opened()
         billed: dict[str, Any] = {}
 
         async def provider() -> AsyncIterator[bytes]:
             splitter = EventSplitter()
-            ended = errored = False
+            ended = errored = final = False
+            forwarded = 0  # content bytes of the deltas translated so far
             try:
                 if head:
                     yield head
@@ -282,6 +310,12 @@ class OpenAIRoutes:
                             if data is None:
                                 continue
                             _track_usage(billed, event, data)
+                            if event == "content_block_delta":
+                                forwarded += _delta_bytes(data)
+                            elif event == "message_delta" and "output_tokens" in (
+                                data.get("usage") or {}
+                            ):
+                                final = True
                             out.append(translator.feed(event, data))
                             errored = errored or event == "error"
                             ended = ended or event in ("message_stop", "error")
@@ -290,14 +324,18 @@ class OpenAIRoutes:
                     lost: dict[str, Any] | None = None if ended else _LOST
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     lost = _TIMED_OUT if isinstance(exc, TimeoutError) else _LOST
+                    if state.stopping:
+                        lost = _STOPPING
                 if lost is not None and not ended and not state.client_gone:
                     # A 200 is already out: the failure ends the stream in the client's format.
                     state.failed = True
                     yield translator.error(lost)
             finally:
                 resp.release()
-                watcher.cancel()
+                departure.stop()
                 metrics.stream_closed()
-                self.p.finish_stream(ticket, state, billed, errored)
+                self.p.finish_stream(
+                    ticket, state, billed, errored, final=final, content_bytes=forwarded
+                )
 
         return stream_response(response_headers(resp), provider)

@@ -130,6 +130,18 @@ class Operator:
         await self._record_account("account.clear_flag", account_id, now, before, after)
         return after
 
+    async def clear_reservations(self, account_id: str) -> dict[str, Any]:
+        """Frees an account whose reservations outlived their requests (a lost node)."""
+        now = self.clock()
+        account = await self._account(account_id, now)
+        cleared = await accounts.clear_reservations(self.client, account_id)
+        await self.trail.record(
+            "account.clear_reservations", now,
+            target={"account": account_id, "email": account.get("email")},
+            before={"reservations": cleared}, after={"reservations": 0},
+        )  # fmt: skip
+        return {"account_id": account_id, "email": account.get("email"), "cleared": cleared}
+
     async def issue_login_link(self, account_id: str, base_url: str) -> str:
         """A one-time dashboard sign-in link for the account; the link itself is not kept."""
         now = self.clock()

@@ -1,31 +1,32 @@
 """The steps every billed request goes through, whatever its wire format.
 
 authenticate (cache) → read the body (2 MB cap) → validate → admit (one Valkey call) →
-upstream → settle (one Valkey call, in the background). Only metadata leaves this module.
+upstream → settle (queued to the worker's Settler: spooled, batched, retried). Only
+metadata leaves this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
-from blacksheep import Request
+from blacksheep import Request, Response
 from blacksheep.contents import ASGIContent
 
 from gateway import errors, events, netaddr, schemas
 from gateway.auth import AuthedKey, Authenticator
 from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
-from gateway.limits import CreditLimiter
+from gateway.limits import Charge, CreditLimiter
 from gateway.observability import Metrics, access_log
-from gateway.proxy import Route, StreamState, Upstream, read_body, upstream_request_id
-from gateway.usage import Usage, cost_mc, estimate_mc
+from gateway.proxy import Departure, Route, StreamState, Upstream, read_body, upstream_request_id
+from gateway.settlement import Settler
+from gateway.sse import with_forwarded_output
+from gateway.usage import Usage, cost_mc, estimate_mc, estimate_tokens
 
 log = logging.getLogger("antex.pipeline")
 
@@ -77,14 +78,31 @@ class Pipeline:
         limiter: CreditLimiter,
         catalog: Catalog,
         metrics: Metrics,
+        settler: Settler,
     ) -> None:
         self.settings = settings
+        self.settler = settler
         self.auth = authenticator
         self.limiter = limiter
         self.catalog = catalog
         self.metrics = metrics
-        self._settling: set[asyncio.Task[None]] = set()
         self.notify: events.Notify = events.ignore  # the worker's alerts, set by the app
+        self.streams: set[Departure] = set()  # open streams, cut when the worker stops
+
+    def watch(self, request: Request) -> Departure:
+        """Watches a client from admission to the end of its answer (see Departure)."""
+        departure = Departure(asgi_content(request).receive)
+        departure.on_stop = self.streams.discard
+        self.streams.add(departure)
+        return departure
+
+    def cut_streams(self) -> None:
+        """The worker is about to be killed: open streams end with an error event and are
+        billed for what they forwarded, rather than cut silently."""
+        if self.streams:
+            log.warning("stopping: ending %d open streams", len(self.streams))
+        for departure in list(self.streams):
+            departure.cut()
 
     def client_tag(self, request: Request) -> str:
         scope = request.scope
@@ -194,6 +212,26 @@ class Pipeline:
         except errors.RateLimited as exc:
             self.metrics.window_refused(exc.scope)
             raise
+        except errors.ServiceUnavailable:
+            # Valkey may have run the admission without our hearing back, or may run it
+            # later (a hang): a queued release frees it, and marks the id settled so a late
+            # admission reserves nothing.
+            self.settler.submit(
+                Charge(authed.account_id, authed.key_id, request_id, 0, None)
+            )
+            raise
+        # Should this process die mid-request, a restart bills the input estimate.
+        input_mc = estimate_mc(len(body), 0, model.rates, 0)
+        self.settler.hold(
+            self.limiter.charge(
+                account_id=authed.account_id, key_id=authed.key_id, request_id=request_id,
+                cost_mc=input_mc,
+                record={"model": model.id, "route": route, "key_id": authed.key_id,
+                        "ip_tag": ip_tag, "status": 200, "credits_mc": input_mc,
+                        "estimate_mc": estimate, "stream": int(bool(payload.get("stream"))),
+                        "error_type": "gateway_stopped"},
+            )
+        )  # fmt: skip
         return Ticket(
             request_id=request_id,
             route=route,
@@ -251,12 +289,33 @@ class Pipeline:
             self.metrics.upstream_error(str(resp.status))
         return data
 
+    def client_left(self, ticket: Ticket, resp: aiohttp.ClientResponse | None = None) -> Response:
+        """The client left before its answer was ready: the upstream call is cancelled and
+        the request billed for its input (the body's estimate: the upstream reported
+        nothing yet)."""
+        if resp is not None:
+            resp.close()
+        usage = {"input_tokens": estimate_tokens(len(ticket.body))}
+        self.finish(ticket, usage, 499, "client_disconnected")
+        return Response(499, [], None)
+
     def finish_stream(
-        self, ticket: Ticket, state: StreamState, usage: dict[str, Any], errored: bool
+        self,
+        ticket: Ticket,
+        state: StreamState,
+        usage: dict[str, Any],
+        errored: bool,
+        *,
+        final: bool = True,
+        content_bytes: int | None = None,
     ) -> None:
         """Bills a stream once it ended, however it ended. An upstream failure names the
-        outcome even when the client left afterwards (it reads the error, then closes)."""
-        if state.failed:
+        outcome even when the client left afterwards (it reads the error, then closes).
+        Without the upstream's ``final`` output count, the output is counted from the
+        ``content_bytes`` forwarded (see ``sse.forwarded_tokens``)."""
+        if state.stopping:
+            outcome = "gateway_stopped"
+        elif state.failed:
             outcome = "upstream_lost"
             self.metrics.upstream_error("stream")
         elif errored:
@@ -266,6 +325,11 @@ class Pipeline:
             outcome = "client_disconnected"
         else:
             outcome = "ok"
+        if content_bytes is not None:
+            max_tokens = ticket.payload.get("max_tokens")
+            usage = with_forwarded_output(
+                usage, final, content_bytes, max_tokens if isinstance(max_tokens, int) else None
+            )
         self.finish(ticket, usage, 200, outcome)
 
     def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
@@ -310,38 +374,12 @@ class Pipeline:
                 # The operator's log names the upstream; the customer's usage log does not.
                 logged = {**record, "upstream": choice.upstream, "failovers": choice.failovers}
         access_log(ticket.request_id, ticket.authed.account_id, logged)
-        task = asyncio.get_running_loop().create_task(self._settle(ticket, cost, record))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle(self, ticket: Ticket, cost: int, record: dict[str, Any]) -> None:
-        try:
-            await self.limiter.settle(
-                account_id=ticket.authed.account_id,
-                key_id=ticket.authed.key_id,
-                request_id=ticket.request_id,
-                cost_mc=cost,
-                record=record,
+        self.settler.submit(
+            self.limiter.charge(
+                account_id=ticket.authed.account_id, key_id=ticket.authed.key_id,
+                request_id=ticket.request_id, cost_mc=cost, record=record,
             )
-        except errors.AntexError as exc:
-            # The reservation expires on its own; the charge is lost and must be visible.
-            self.metrics.valkey_error()
-            log.error("settle failed request_id=%s: %s", ticket.request_id, exc.message)
-            # During an outage every settle fails: one event per minute says so.
-            self.notify(
-                events.SETTLE_FAILED,
-                {"account_id": ticket.authed.account_id, "key_id": ticket.authed.key_id,
-                 "request_id": ticket.request_id, "credits_mc": cost, "error": exc.code},
-                dedupe=events.per_minute(events.SETTLE_FAILED),
-            )  # fmt: skip
-            if isinstance(exc, errors.ServiceUnavailable):
-                self.notify(
-                    events.VALKEY_ERROR,
-                    {"where": "settle", "worker_pid": os.getpid()},
-                    dedupe=events.per_minute(events.VALKEY_ERROR),
-                    ttl_s=120,
-                )
+        )  # fmt: skip
 
-    async def drain(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        await self.settler.close(timeout_s)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.pool_metrics import PoolMetrics
 
 log = logging.getLogger("antex.upstream")
+T = TypeVar("T")
 
 # Never forwarded upstream: hop-by-hop, the client's credentials, and our own edge's view.
 _DROP_REQUEST = frozenset(
@@ -292,27 +293,79 @@ async def read_body(resp: aiohttp.ClientResponse) -> bytes:
 class StreamState:
     """What a finished stream tells the billing step."""
 
-    __slots__ = ("bytes_out", "chunks", "client_gone", "failed", "first_chunk_at", "scanner")
+    __slots__ = (
+        "bytes_out", "chunks", "client_gone", "failed", "first_chunk_at", "scanner", "stopping",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.scanner = UsageScanner()
         self.client_gone = False
+        self.stopping = False  # the gateway is stopping and cut the stream
         self.failed = False
         self.first_chunk_at = 0.0
         self.chunks = 0
         self.bytes_out = 0
 
 
-async def watch_disconnect(
-    receive: Callable[[], Any], resp: aiohttp.ClientResponse, state: StreamState
-) -> None:
-    """Granian raises nothing when a client vanishes; its ASGI receive() tells us instead."""
-    while True:
-        message = await receive()
-        if message.get("type") == "http.disconnect":
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (internal: never on the wire)."""
+
+
+class Departure:
+    """Watches one client from admission to the end of its answer. Granian raises nothing
+    when a client vanishes; its ASGI receive() says so. ``guard`` runs an upstream step
+    and cancels it (closing its connection) the moment the client leaves; once a stream is
+    open, ``follow`` closes its upstream response instead."""
+
+    def __init__(self, receive: Callable[[], Any]) -> None:
+        self.gone = False
+        self._resp: aiohttp.ClientResponse | None = None
+        self._state: StreamState | None = None
+        self.on_stop: Callable[[Departure], None] = lambda departure: None
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Callable[[], Any]) -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                self.gone = True
+                if self._state is not None:
+                    self._state.client_gone = True
+                if self._resp is not None:
+                    self._resp.close()  # the upstream stops generating
+                return
+
+    async def guard(self, step: Awaitable[T]) -> T:
+        """``step``'s result; raises ClientGone (having cancelled it) if the client left."""
+        task = asyncio.ensure_future(step)
+        if not self.gone:
+            await asyncio.wait((task, self._task), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone
+
+    @property
+    def following(self) -> bool:
+        """A stream took the watch over; its end stops it."""
+        return self._resp is not None
+
+    def follow(self, resp: aiohttp.ClientResponse, state: StreamState) -> None:
+        self._resp, self._state = resp, state
+        if self.gone:
             state.client_gone = True
-            resp.close()  # drops the upstream connection, so the upstream stops generating
-            return
+            resp.close()
+
+    def cut(self) -> None:
+        """The gateway is stopping: ends the stream (with an error event) now."""
+        if self._state is not None and self._resp is not None:
+            self._state.stopping = True
+            self._resp.close()
+
+    def stop(self) -> None:
+        self._task.cancel()
+        self.on_stop(self)
 
 
 async def passthrough(
@@ -332,6 +385,9 @@ async def passthrough(
             yield chunk
     except (aiohttp.ClientError, TimeoutError) as exc:
         if state.client_gone:
+            return
+        if state.stopping:
+            yield wire.stopping_event()
             return
         state.failed = True
         log.warning("upstream stream failed: %s", type(exc).__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +14,10 @@ from gateway.accounts import get_account
 from gateway.catalog import ModelInfo
 from gateway.edge import request_id, stream_response
 from gateway.limits import usage_body
-from gateway.pipeline import Pipeline, Ticket, asgi_content
+from gateway.pipeline import Pipeline, Ticket
 from gateway.proxy import (
+    ClientGone,
+    Departure,
     StreamState,
     Upstream,
     content_type,
@@ -24,7 +25,6 @@ from gateway.proxy import (
     read_body,
     response_headers,
     upstream_headers,
-    watch_disconnect,
 )
 from gateway.schemas import CountTokensBody, MessagesBody
 from gateway.sse import usage_from_message
@@ -80,26 +80,33 @@ class AnthropicRoutes:
             model=model, payload=payload, body=body, max_tokens=max_tokens,
         )  # fmt: skip
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
-        resp = await p.send(
-            ticket, self.upstream, path_with_query("/v1/messages", request), headers
-        )
-        ctype = resp.headers.get("content-type", "")
-        if resp.status != 200 or not ctype.startswith("text/event-stream"):
-            return await self._whole(ticket, resp)
-        return self._stream(ticket, request, resp)
+        # Watched from now on: a client that leaves cancels the upstream call at once.
+        departure = p.watch(request)
+        resp = None
+        try:
+            resp = await departure.guard(
+                p.send(ticket, self.upstream, path_with_query("/v1/messages", request), headers)
+            )
+            ctype = resp.headers.get("content-type", "")
+            if resp.status != 200 or not ctype.startswith("text/event-stream"):
+                return await self._whole(ticket, resp, departure)
+            return self._stream(ticket, resp, departure)
+        except ClientGone:
+            return p.client_left(ticket, resp)
+        finally:
+            if resp is None or not departure.following:
+                departure.stop()
 
-    async def _whole(self, ticket: Ticket, resp: Any) -> Response:
-        data = await self.p.read_whole(ticket, resp)
+    async def _whole(self, ticket: Ticket, resp: Any, departure: Departure) -> Response:
+        data = await departure.guard(self.p.read_whole(ticket, resp))
         usage = usage_from_message(data)[0] if resp.status == 200 else {}
         self.p.finish(ticket, usage, resp.status, "ok" if resp.status == 200 else "upstream_error")
         # Upstream error bodies go back unmodified: clients match on their wording.
         return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
 
-    def _stream(self, ticket: Ticket, request: Request, resp: Any) -> Response:
+    def _stream(self, ticket: Ticket, resp: Any, departure: Departure) -> Response:
         state = StreamState()
-        watcher = asyncio.get_running_loop().create_task(
-            watch_disconnect(asgi_content(request).receive, resp, state)
-        )
+        departure.follow(resp, state)
         metrics = self.p.metrics
         metrics.stream_opened()
 
@@ -108,12 +115,14 @@ class AnthropicRoutes:
                 async for chunk in passthrough(resp, state, ticket.first_byte):
                     yield chunk
             finally:
-                watcher.cancel()
+                departure.stop()
                 metrics.stream_closed()
                 scanner = state.scanner
                 self.p.finish_stream(
-                    ticket, state, scanner.billed_usage(), scanner.error is not None
-                )
+                    ticket, state, scanner.billed_usage(), scanner.error is not None,
+                    final="output_tokens" in scanner.usage,
+                    content_bytes=scanner.content_bytes(),
+                )  # fmt: skip
 
         return stream_response(response_headers(resp), provider, content_type(resp))
 

@@ -125,3 +125,25 @@ class Scripts:
             else:
                 call = client.eval(script.source, len(keys), *argv)
             return await cast(Awaitable[Any], call)
+
+    async def call_many(
+        self, client: Client, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        """Runs one script several times in one pipelined round trip (no transaction: each
+        call is atomic on its own). Returns each call's reply, or the exception it raised.
+        Raises ServiceUnavailable when the connection failed (some calls may have run)."""
+        script = self._scripts[name]
+        with fail_closed():
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *(str(a) for a in args))
+                replies = list(await pipe.execute(raise_on_error=False))
+                if attempt == 1 and any(isinstance(r, vexc.NoScriptError) for r in replies):
+                    log.info("script %s missing on the server; reloading", name)
+                    # The calls that did run are repeated: the scripts batched this way are
+                    # idempotent.
+                    await cast(Awaitable[Any], client.script_load(script.source))
+                    continue
+                return replies
+        raise AssertionError("unreachable: the second attempt returns")

@@ -176,6 +176,11 @@ def serve(settings: Settings, *, demo: bool = False) -> None:
             http1_settings=HTTP1Settings(
                 header_read_timeout=max(1, min(60_000, int(settings.header_read_timeout * 1000)))
             ),
+            # A worker that dies is replaced; the new one replays its settlement spool.
+            respawn_failed_workers=True,
+            respawn_interval=0.5,
+            # A stop lets open requests finish for ANTEX_DRAIN_SECONDS, then kills.
+            workers_kill_timeout=settings.drain_seconds,
         )
         server.serve()
     finally:

@@ -14,6 +14,13 @@ import orjson
 # Event lines we must decode the following data line of.
 _WANTED = {b"message_start": 1, b"message_delta": 2, b"error": 3}
 _MARKERS = (b"event: message_", b"event: error", b"event:message_", b"event:error")
+# One per content delta event (in its data line); counted with bytes.count, never parsed.
+_DELTA_MARK = b'"type":"content_block_delta"'
+_SEAM = len(_DELTA_MARK) - 1
+# The fewest bytes of framing around one delta's content: the data line's prefix, the JSON
+# envelope of a text delta at index 0 and the blank line, without the event line some
+# upstreams omit (every other delta kind and index is longer).
+DELTA_FRAMING = 88
 # A partial line longer than this cannot be an event line; it is content to skip.
 _MAX_EVENT_LINE = 64
 _USAGE_FIELDS = (
@@ -27,7 +34,10 @@ _USAGE_FIELDS = (
 class UsageScanner:
     """Feeds on arbitrary chunks of an Anthropic SSE stream; any chunking gives one result."""
 
-    __slots__ = ("_buf", "_pending", "_skip", "error", "model", "start", "stop_reason", "usage")
+    __slots__ = (
+        "_buf", "_pending", "_seam", "_skip", "bytes", "deltas", "error", "head_bytes",
+        "model", "start", "stop_reason", "usage",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._buf = b""  # the incomplete last line, when it may matter
@@ -38,8 +48,21 @@ class UsageScanner:
         self.model: str | None = None
         self.stop_reason: str | None = None
         self.error: dict[str, Any] | None = None
+        self._seam = b""  # the last bytes fed, shorter than the delta marker
+        self.bytes = 0  # every byte fed
+        self.deltas = 0  # content delta events seen
+        self.head_bytes = 0  # bytes before the first delta (message_start and the like)
 
     def feed(self, chunk: bytes) -> None:
+        # The marker may straddle two chunks: search the previous chunk's last bytes too.
+        seam = self._seam + chunk if self._seam else chunk
+        n = seam.count(_DELTA_MARK)
+        if n:
+            if not self.deltas:
+                self.head_bytes = self.bytes - len(self._seam) + seam.find(_DELTA_MARK)
+            self.deltas += n
+        self._seam = seam[-_SEAM:]
+        self.bytes += len(chunk)
         if not self._pending and not self._buf and not self._skip:
             # Fast path: most chunks are content deltas with no event we decode.
             if not any(m in chunk for m in _MARKERS):
@@ -94,11 +117,44 @@ class UsageScanner:
         else:
             self.error = payload.get("error") or {"type": "api_error", "message": ""}
 
+    def content_bytes(self) -> int:
+        """An upper bound of the content bytes forwarded since the first delta: what follows
+        it, less the least framing each delta has."""
+        if not self.deltas:
+            return 0
+        # head_bytes ends at the first delta's marker, past its 'data: {' prefix.
+        framing = self.deltas * DELTA_FRAMING - len(b"data: {")
+        return max(0, self.bytes - self.head_bytes - framing)
+
     def billed_usage(self) -> dict[str, Any]:
         """The billing rule: message_delta values, falling back to message_start's."""
         merged = dict(self.start)
         merged.update(self.usage)
         return merged
+
+
+def forwarded_tokens(content_bytes: int) -> int:
+    """Output tokens billed for forwarded content whose final count never came: one per
+    3 bytes, rounded up (a token is 3-4 bytes of English text, fewer of code or other
+    scripts' UTF-8), so never fewer than the customer received."""
+    return -(-content_bytes // 3)
+
+
+def with_forwarded_output(
+    usage: dict[str, Any], final: bool, content_bytes: int, max_tokens: int | None
+) -> dict[str, Any]:
+    """``usage`` when the upstream's final message_delta reported output (``final``);
+    otherwise with the output counted from the forwarded content (capped at max_tokens)
+    when that is more than the upstream reported so far."""
+    if final:
+        return usage
+    estimate = forwarded_tokens(content_bytes)
+    if max_tokens:
+        estimate = min(estimate, max_tokens)
+    reported = usage.get("output_tokens") or 0
+    if estimate <= reported:
+        return usage
+    return {**usage, "output_tokens": estimate}
 
 
 def usage_from_message(body: bytes) -> tuple[dict[str, Any], str | None]:

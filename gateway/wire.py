@@ -95,6 +95,13 @@ def sse_error_event(err: errors.AntexError) -> bytes:
     return b"event: error\ndata: " + payload + b"\n\n"
 
 
+def stopping_event() -> bytes:
+    """Ends a stream the gateway cut because it is stopping: retrying elsewhere works."""
+    return sse_error_event(
+        errors.ServiceUnavailable("The gateway is restarting; retry the request.")
+    )
+
+
 def upstream_lost_event(timeout: bool) -> bytes:
     err = (
         errors.UpstreamTimedOut("Upstream stopped sending data")

@@ -25,12 +25,13 @@ a flag on the account hash for the operator (a flag, never a lock).
 KEYS (all share the account's hash tag)
   1 account hash   2 key hash   3 key ips hash   4 key denied zset
   5 5-hour window hash   6 7-day window hash   7 inflight zset   8 reserved hash
-  9 events stream   10 account networks zset
+  9 events stream   10 account networks zset   11 settled zset (see settle.lua)
 ARGV
   1 now_ms              2 request_id (never "total")     3 estimate_mc (milli-credits)
   4 ip_tag              5 check_only (0|1)               6 key_id (for the event log)
   7 window_5h_ms        8 bucket_5h_ms                   9 window_7d_ms
-  10 bucket_7d_ms       11 reservation_ttl_ms            12 ip_deny_period_ms
+  10 bucket_7d_ms       11 reservation_ttl_ms (the lease; renewed by settle.lua)
+  12 ip_deny_period_ms
   13 ip_deny_threshold (distinct refused IPs)            14 events_maxlen (approximate)
   15 default_max_keys (accounts whose plan snapshot predates the key cap)
   16 sharing_period_ms
@@ -41,6 +42,8 @@ RETURNS a flat array, first element the outcome:
   (flagged_now: 1 only from the call that raised the key-sharing flag, so exactly one caller
   reports it)
   {"revoked"}
+  {"settled"}          the request id was already settled or released: an admission Valkey
+                       ran late (its caller gave up) must not leave a reservation behind
   {"quarantined", quarantined_now (0|1), reason}
   {"no_plan", why ("missing"|"expired"|"zero_limit"|<account status>), period_end_ms}
   {"ip_limit", bound_ips, ip_slots}
@@ -164,6 +167,11 @@ redis.call('PEXPIRE', KEYS[10], sharing_ms)
 -- 4. count_tokens / models: key and IP checks only, nothing reserved.
 if check_only then
   return {'ok', bound_now, flagged_now}
+end
+
+-- 4b. A late admission of a request that already ended reserves nothing.
+if redis.call('ZSCORE', KEYS[11], request_id) then
+  return {'settled'}
 end
 
 -- 5. Drop buckets that have left their window; the running total is rebuilt from what stays.

@@ -46,7 +46,7 @@ def test_every_admin_route_refuses_missing_wrong_and_customer_credentials(
     stack: Stack, customer: Customer
 ) -> None:
     ops = admin_operations()
-    assert len(ops) == 31
+    assert len(ops) == 32
     attempts = {
         "missing": {},
         "wrong": {"authorization": "Bearer antex_op_" + secrets.token_urlsafe(32)},

@@ -51,6 +51,13 @@ def flag(sync: valkey.Valkey, c: Customer) -> None:
     )
 
 
+def hold(sync: valkey.Valkey, c: Customer) -> None:
+    """A reservation a lost node left: far-off expiry, nobody to settle it."""
+    k = keyspace.AccountKeys(c.account_id)
+    sync.zadd(k.inflight, {"req_lost": 2**50})
+    sync.hset(k.reserved, mapping={"req_lost": "500", "total": "500"})
+
+
 def bind(sync: valkey.Valkey, c: Customer) -> None:
     sync.hset(keyspace.AccountKeys(c.account_id).key_ips(c.key_id), "127.0.0.9", "1")
 
@@ -117,6 +124,11 @@ def cases(sync: valkey.Valkey, stack: Stack, api: Admin) -> dict[str, Case]:
             lambda c: ({"account": c.account_id}, None),
             before=lambda c: flag(sync, c),
         ),
+        "adminClearReservations": Case(
+            "account.clear_reservations",
+            lambda c: ({"account": c.account_id}, None),
+            before=lambda c: hold(sync, c),
+        ),
         "adminCreateKey": Case(
             "key.create", lambda c: ({"account": c.account_id}, {"name": "ci"}), 201
         ),
@@ -169,7 +181,7 @@ async def test_every_mutating_admin_route_records_who_what_and_the_change(
     routes = mutating_admin_operations()
     table = cases(sync_valkey, stack, api)
     assert set(routes) == set(table), "a mutating route without an audit case"
-    assert len(routes) == 18
+    assert len(routes) == 19
     shown: list[str] = []
     for op_id, (method, template) in sorted(routes.items()):
         case = table[op_id]
@@ -262,6 +274,7 @@ async def test_every_mutating_cli_command_records_an_entry(
         ("account", "extend"): ["account", "extend", customer.email, "--days", "2"],
         ("account", "cancel"): ["account", "cancel", customer.email],
         ("account", "delete"): ["account", "delete", other.email, "--yes"],
+        ("account", "clear-reservations"): ["account", "clear-reservations", customer.email],
         ("key", "create"): ["key", "create", customer.email],
         ("ip", "unbind"): ["ip", "unbind", customer.key_id, "127.0.0.9"],
         ("ip", "add-slots"): ["ip", "add-slots", "1", "--key", customer.key_id],
@@ -287,6 +300,8 @@ async def test_every_mutating_cli_command_records_an_entry(
             quarantine(sync_valkey, customer)
         if command == ("quarantine", "clear-flag"):
             flag(sync_valkey, customer)
+        if command == ("account", "clear-reservations"):
+            hold(sync_valkey, customer)
         before = sync_valkey.zcard(audit.AUDIT)
         done = run_cli(stack, *argv, stdin=UPSTREAM_KEY + "\n")
         assert done.code == 0, (command, done.err)
@@ -294,6 +309,7 @@ async def test_every_mutating_cli_command_records_an_entry(
         entries = sorted(trail(sync_valkey), key=lambda e: e["at_ms"])
         assert sync_valkey.zcard(audit.AUDIT) > before, f"{command} recorded nothing"
         assert entries[-1]["actor"].startswith("cli@"), command
+    assert sync_valkey.zcard(keyspace.AccountKeys(customer.account_id).inflight) == 0
     tokens = orjson.loads(run_cli(stack, "admin-token", "list", "--json").out)
     token_id = next(t["token_id"] for t in tokens if t["name"] == token_name)
     assert run_cli(stack, "admin-token", "revoke", token_id).code == 0

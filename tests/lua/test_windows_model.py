@@ -33,7 +33,9 @@ from tests.lua.conftest import T0, FakeClock, make_account
 
 T = TypeVar("T")
 SECOND, MINUTE, HOUR, DAY = 1000, 60_000, 3_600_000, 86_400_000
-LIMIT_5H, LIMIT_7D, CONCURRENCY, TTL = 10_000, 14_000, 5, 20 * MINUTE
+LIMIT_5H, LIMIT_7D, CONCURRENCY = 10_000, 14_000, 5
+TTL = LimiterSettings().reservation_ttl_ms  # the lease of a request nobody renews
+SETTLED_TTL = LimiterSettings().settled_ttl_ms
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Model:
     w5: Window = field(default_factory=lambda: Window(5 * HOUR, MINUTE))
     w7: Window = field(default_factory=lambda: Window(7 * DAY, HOUR))
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (mc, expiry)
+    settled: dict[str, int] = field(default_factory=dict)  # id -> remembered until (ms)
 
     def live_reservations(self, now: int) -> dict[str, int]:
         return {r: mc for r, (mc, expiry) in self.reservations.items() if expiry > now}
@@ -96,10 +99,15 @@ class Model:
         self.reservations[request_id] = (min(estimate, *rests), now + TTL)
         return "ok", None
 
-    def settle(self, now: int, request_id: str, cost: int) -> None:
+    def settle(self, now: int, request_id: str, cost: int) -> bool:
+        """False for a request id settled before: a repeat changes nothing."""
+        if self.settled.get(request_id, 0) > now:
+            return False
+        self.settled[request_id] = now + SETTLED_TTL
         self.reservations.pop(request_id, None)
         self.w5.charge(now, cost)
         self.w7.charge(now, cost)
+        return True
 
 
 # Disconnects (nothing or part of the estimate), exact costs, and streams that overran it.
@@ -185,15 +193,32 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
                 self._settle(request_id, fraction)
 
         def _settle(self, request_id: str, fraction: float) -> None:
-            reserved = self.model.reservations[request_id][0]
+            reserved = self.model.reservations.get(request_id, (1000, 0))[0]
             cost = int(reserved * fraction)
-            self.model.settle(self.clock.now, request_id, cost)
-            self.run(
+            expected = self.model.settle(self.clock.now, request_id, cost)
+            applied = self.run(
                 self.limiter.settle(
                     account_id=self.account_id, key_id="k1", request_id=request_id,
                     cost_mc=cost, record={"model": "claude-sonnet-4-6", "output_tokens": 1},
                 )
             )  # fmt: skip
+            assert applied == expected
+
+        @rule(request_id=requests, fraction=FRACTIONS)
+        def settle_again(self, request_id: str, fraction: float) -> None:
+            """A retried or replayed settlement (possibly of a still-running request id)."""
+            if request_id == "refused":
+                return
+            reserved = self.model.reservations.get(request_id, (1000, 0))[0]
+            cost = int(reserved * fraction)
+            expected = self.model.settle(self.clock.now, request_id, cost)
+            applied = self.run(
+                self.limiter.settle(
+                    account_id=self.account_id, key_id="k1", request_id=request_id,
+                    cost_mc=cost, record={"model": "claude-sonnet-4-6", "output_tokens": 1},
+                )
+            )  # fmt: skip
+            assert applied == expected
 
         @rule(ms=JUMPS)
         def jump(self, ms: int) -> None:

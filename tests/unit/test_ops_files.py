@@ -19,6 +19,8 @@ import valkey.asyncio as avalkey
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.app import SETTLE_DRAIN_S
+from gateway.config import Settings
 from gateway.embedded_valkey import free_port, valkey_binary
 from gateway.observability import Metrics
 from gateway.scripts import Scripts
@@ -215,6 +217,8 @@ def test_systemd_unit_runs_antex_serve_with_a_state_dir() -> None:
     assert service["StateDirectory"] == "antex"
     assert service["EnvironmentFile"].startswith("/etc/antex/")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    # systemd's SIGKILL comes only after the drain and the last settlement flush.
+    assert int(service["TimeoutStopSec"]) > Settings().drain_seconds + SETTLE_DRAIN_S
 
 
 @pytest.mark.skipif(

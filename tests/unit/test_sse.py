@@ -6,7 +6,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse import EventSplitter, UsageScanner, usage_from_message
+from gateway.sse import (
+    EventSplitter,
+    UsageScanner,
+    forwarded_tokens,
+    usage_from_message,
+    with_forwarded_output,
+)
 
 
 def event(name: str, payload: dict[str, object]) -> bytes:
@@ -114,6 +120,31 @@ def test_usage_is_independent_of_chunking(pieces: list[str], output: int, cuts: 
     assert scanner.model == "claude-sonnet-4-6"
     assert scanner.stop_reason == "end_turn"
     assert scanner.error is None
+
+
+@settings(max_examples=200)
+@given(pieces=tricky_text, cuts=st.lists(st.integers(0, 10**6)), keep=st.integers(0, 12))
+def test_forwarded_content_is_counted_alike_whatever_the_chunking_and_never_short(
+    pieces: list[str], cuts: list[int], keep: int
+) -> None:
+    """A stream cut after ``keep`` deltas: the content bytes counted cover what was sent."""
+    cut = realistic_stream(pieces[:keep], 1).split(b"event: content_block_stop")[0]
+    whole = UsageScanner()
+    whole.feed(cut)
+    chunked = scan(cut, cuts)
+    assert chunked.content_bytes() == whole.content_bytes()
+    assert chunked.deltas == len(pieces[:keep])
+    sent = sum(len(p.encode()) for p in pieces[:keep])
+    assert whole.content_bytes() >= sent
+    billed = with_forwarded_output(whole.billed_usage(), False, whole.content_bytes(), None)
+    assert billed["output_tokens"] >= max(1, forwarded_tokens(sent))
+
+
+def test_a_final_output_count_is_billed_as_reported() -> None:
+    assert with_forwarded_output({"output_tokens": 7}, True, 9_000, None) == {"output_tokens": 7}
+    assert with_forwarded_output({"output_tokens": 1}, False, 9_000, 100) == {
+        "output_tokens": 100  # never past max_tokens
+    }
 
 
 def test_byte_by_byte_feeding_matches_whole_stream() -> None:
