@@ -229,6 +229,9 @@ class CreditLimiter:
         self._clock = clock
         self.settings = settings or LimiterSettings()
         self._dropped_fields: set[str] = set()
+        # The worker's alerts (set by the app): quarantines and window thresholds learnt
+        # from the scripts' replies, so alerting costs no extra Valkey call per request.
+        self.notify: events.Notify = events.ignore
 
     @property
     def client(self) -> Client:
@@ -237,9 +240,6 @@ class CreditLimiter:
     @property
     def scripts(self) -> Scripts:
         return self._scripts
-        # The worker's alerts (set by the app): quarantines and window thresholds learnt
-        # from the scripts' replies, so alerting costs no extra Valkey call per request.
-        self.notify: events.Notify = events.ignore
 
     async def admit(
         self,

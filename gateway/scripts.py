@@ -6,6 +6,7 @@ This module is also the one place where Valkey connection failures become
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Iterator, Sequence
@@ -133,6 +134,15 @@ class Scripts:
         call is atomic on its own). Returns each call's reply, or the exception it raised.
         Raises ServiceUnavailable when the connection failed (some calls may have run)."""
         script = self._scripts[name]
+        if isinstance(client, ValkeyCluster):
+            # Calls on different slots live on different nodes: concurrent calls, one round
+            # trip per node's share, each reloading its script on NOSCRIPT by itself.
+            return list(
+                await asyncio.gather(
+                    *(self.call(client, name, keys, args) for keys, args in calls),
+                    return_exceptions=True,
+                )
+            )
         with fail_closed():
             for attempt in (1, 2):
                 pipe = client.pipeline(transaction=False)

@@ -122,7 +122,12 @@ class Settler:
             await asyncio.gather(self._task, return_exceptions=True)
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline:
-            if not await self.flush():
+            try:
+                flushed = await self.flush()
+            except Exception:
+                log.exception("settle flush failed unexpectedly at shutdown")
+                break  # the spool keeps the charges for the next start
+            if not flushed:
                 await asyncio.sleep(min(_BACKOFF_MIN_S * 5, max(0, deadline - time.monotonic())))
         if self.pending:
             log.error("%d charges not settled at shutdown; spooled for the next start",
@@ -141,7 +146,13 @@ class Settler:
                 pass
             self._wake.clear()
             await self._gather()
-            if await self.flush(first_try=backoff == _BACKOFF_MIN_S):
+            try:
+                flushed = await self.flush(first_try=backoff == _BACKOFF_MIN_S)
+            except Exception:
+                # A bug must not stop settlement for good: the charges stay queued.
+                log.exception("settle flush failed unexpectedly; retrying")
+                flushed = False
+            if flushed:
                 backoff = _BACKOFF_MIN_S
                 if self.pending:
                     self._wake.set()
@@ -218,12 +229,18 @@ class Settler:
                 if request_id in self._leases:
                     self._leases[request_id] = (account_id, now + self._renew_every_s)
         self.flushes += 1
+        unavailable = next(
+            (r for r in replies if isinstance(r, errors.ServiceUnavailable)), None
+        )
         if self.spool is not None and acked:
             if self.pending or self.open:
                 self.spool.ack(acked)
                 self.spool.compact([*self.open.values(), *self.pending.values()])
             else:
                 self.spool.settled_all()
+        if unavailable is not None:  # a node of a cluster: back off like a whole failure
+            self._failed(unavailable, first_try)
+            return False
         return True
 
     def _failed(self, exc: Exception, first_try: bool) -> None:
