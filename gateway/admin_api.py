@@ -5,7 +5,7 @@ out, authenticated by an operator token (``Authorization: Bearer antex_op_…``)
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -14,7 +14,18 @@ import msgspec
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from gateway import accounts, admin_tokens, audit, erasure, openapi, schemas, upstream_store
+from gateway import (
+    accounts,
+    admin_tokens,
+    audit,
+    docs_page,
+    erasure,
+    openapi,
+    schemas,
+    upstream_store,
+)
+from gateway import admin_models as m
+from gateway.admin_routes import ROUTES, Route
 from gateway.clock import make_clock
 from gateway.errors import (
     AuthenticationFailed,
@@ -41,20 +52,26 @@ _MISSING = (
 _WRONG = "Invalid operator token."
 _READ_ONLY = "This operator token is read-only; a full token is needed to change anything."
 _PAGE_MAX = 500
-T = TypeVar("T")
 
 Endpoint = Callable[..., Awaitable[Response]]
+Handler = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
-async def body_as(request: Request, schema: type[T]) -> T:
-    """The JSON body checked against ``schema`` (gateway.schemas); an empty body is ``{}``."""
+async def json_body(request: Request, model: type[T]) -> T:
+    """The body decoded as ``model`` (empty: ``{}``) by ``schemas.check``. Raises
+    PayloadTooLarge over 64 KB and InvalidRequest for bad JSON or a field of the wrong type
+    (the message starts with the field's name)."""
     declared = request.get_first_header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
     data = await request.read() or b""
     if len(data) > _MAX_BODY:
         raise PayloadTooLarge("Admin request bodies are limited to 64 KB.")
-    return schemas.check(data if data.strip() else b"{}", schema)
+    try:
+        return schemas.check(data if data.strip() else b"{}", model)
+    except RecursionError:  # msgspec's depth guard: nesting no body of ours needs
+        raise InvalidRequest("Request body is nested too deeply.") from None
 
 
 def query_int(request: Request, name: str, default: int, maximum: int) -> int:
@@ -111,8 +128,11 @@ class AdminApi:
         name = str(cast(dict[str, Any], request.scope).get("antex.operator", "operator"))
         return Operator(self.valkey, name, self.now, self.retention_days, self.rounds)
 
-    def operator(self, fn: Endpoint) -> Endpoint:
-        @functools.wraps(fn)
+    def endpoint(self, route: Route) -> Endpoint:
+        """The route's handler behind operator auth, its body decoded as ``route.body`` and
+        its answer sent with ``route.status``."""
+        fn: Handler = getattr(self, route.handler)
+
         async def call(request: Request, *params: str) -> Response:
             with fail_closed():
                 meta = await self.authorize(request)
@@ -120,11 +140,26 @@ class AdminApi:
                 if request.method != "GET" and meta.get("scope") != "full":
                     raise PermissionDenied(_READ_ONLY)
                 cast(dict[str, Any], request.scope)["antex.operator"] = operator
-                response = await fn(request, *params)
+                args: list[Any] = [request, *params]
+                if route.body is not None:
+                    args.append(await json_body(request, route.body))
+                answer = await fn(*args)
+                response = (
+                    answer
+                    if isinstance(answer, Response)
+                    else json_response(route.status, m.encode(answer))
+                )
             # An audit line names the operation, never the path: a pasted key could be in it.
-            log.info("admin %s by %s: %d", fn.__name__, operator, response.status)
+            log.info("admin %s by %s: %d", route.handler, operator, response.status)
             return response
 
+        # BlackSheep binds path parameters by the names in the signature.
+        positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        call.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("request", positional, annotation=Request)]
+            + [inspect.Parameter(p, positional, annotation=str) for p in route.params]
+        )
+        call.__name__ = route.handler
         return call
 
     async def account_id(self, ref: str) -> str:
@@ -135,22 +170,18 @@ class AdminApi:
 
     # -- accounts
 
-    async def list_accounts(self, request: Request) -> Response:
+    async def list_accounts(self, request: Request) -> dict[str, Any]:
         limit, offset = page_params(request)
         found = await accounts.list_accounts(self.valkey, now_ms=self.now())
         needle = (request.query.get("q") or [""])[0].strip().lower()
         if needle:
             found = [a for a in found if needle in (a["email"] or "") or needle in a["id"]]
-        return json_response(200, page(found, limit, offset))
+        return page(found, limit, offset)
 
-    async def create_account(self, request: Request) -> Response:
-        body = await body_as(request, schemas.CreateAccountBody)
-        email = body.email
+    async def create_account(self, request: Request, body: m.CreateAccount) -> Any:
         plan = await self._default_plan() if body.plan is msgspec.UNSET else body.plan
-        account_id = await self.acting(request).create_account(email, plan)
-        return json_response(
-            201, await accounts.show_account(self.valkey, account_id, now_ms=self.now())
-        )
+        account_id = await self.acting(request).create_account(body.email, plan)
+        return await accounts.show_account(self.valkey, account_id, now_ms=self.now())
 
     async def _default_plan(self) -> str:
         default = self.default_plan
@@ -158,38 +189,30 @@ class AdminApi:
             raise InvalidRequest("plan: field required (the default plan does not exist)")
         return default
 
-    async def show_account(self, request: Request, account: str) -> Response:
+    async def show_account(self, request: Request, account: str) -> Any:
         account_id = await self.account_id(account)
-        return json_response(
-            200, await accounts.show_account(self.valkey, account_id, now_ms=self.now())
-        )
+        return await accounts.show_account(self.valkey, account_id, now_ms=self.now())
 
-    async def assign_plan(self, request: Request, account: str) -> Response:
-        body = await body_as(request, schemas.AssignPlanBody)
-        plan, days = body.plan, body.period_days
-        view = await self.acting(request).assign_plan(await self.account_id(account), plan, days)
-        return json_response(200, view)
-
-    async def extend(self, request: Request, account: str) -> Response:
+    async def assign_plan(self, request: Request, account: str, body: m.AssignPlan) -> Any:
         account_id = await self.account_id(account)
-        days = (await body_as(request, schemas.ExtendBody)).days
-        view = await self.acting(request).extend(account_id, days)
-        return json_response(200, view)
+        return await self.acting(request).assign_plan(account_id, body.plan, body.period_days)
 
-    async def cancel(self, request: Request, account: str) -> Response:
+    async def extend(self, request: Request, account: str, body: m.Extend) -> Any:
         account_id = await self.account_id(account)
-        return json_response(200, await self.acting(request).cancel(account_id))
+        return await self.acting(request).extend(account_id, body.days)
 
-    async def delete_account(self, request: Request, account: str) -> Response:
-        account_id = await self.account_id(account)
-        return json_response(200, await self.acting(request).delete_account(account_id))
+    async def cancel(self, request: Request, account: str) -> Any:
+        return await self.acting(request).cancel(await self.account_id(account))
 
-    async def deletion_requests(self, request: Request) -> Response:
+    async def delete_account(self, request: Request, account: str) -> Any:
+        return await self.acting(request).delete_account(await self.account_id(account))
+
+    async def deletion_requests(self, request: Request) -> dict[str, Any]:
         limit, offset = page_params(request)
         found = await erasure.list_requests(self.valkey, self.now())
-        return json_response(200, page(found, limit, offset))
+        return page(found, limit, offset)
 
-    async def audit_trail(self, request: Request) -> Response:
+    async def audit_trail(self, request: Request) -> dict[str, Any]:
         limit, offset = page_params(request)
         q = request.query
         account = (q.get("account") or [""])[0]
@@ -205,79 +228,66 @@ class AdminApi:
             limit=limit,
             offset=offset,
         )
-        return json_response(
-            200, {"data": found, "next_cursor": None if more is None else str(more)}
-        )
+        return {"data": found, "next_cursor": None if more is None else str(more)}
 
-    async def account_slots(self, request: Request, account: str) -> Response:
+    async def account_slots(self, request: Request, account: str, body: m.AddSlots) -> Any:
         account_id = await self.account_id(account)
-        add = (await body_as(request, schemas.SlotsBody)).add
-        total = await self.acting(request).add_account_slots(account_id, add)
-        return json_response(200, {"account_id": account_id, "extra_ip_slots": total})
+        total = await self.acting(request).add_account_slots(account_id, body.add)
+        return m.AccountSlots(account_id=account_id, extra_ip_slots=total)
 
-    async def usage(self, request: Request, account: str) -> Response:
+    async def usage(self, request: Request, account: str) -> Any:
         account_id = await self.account_id(account)
         count = query_int(request, "requests", 20, 100)
-        report = await accounts.usage_report(self.valkey, self.limiter, account_id, requests=count)
-        return json_response(200, report)
+        return await accounts.usage_report(self.valkey, self.limiter, account_id, requests=count)
 
-    async def events(self, request: Request, account: str) -> Response:
+    async def events(self, request: Request, account: str) -> dict[str, Any]:
         account_id = await self.account_id(account)
         count = query_int(request, "count", 50, 100)
-        found = await accounts.account_events(self.valkey, account_id, count)
-        return json_response(200, {"data": found})
+        return {"data": await accounts.account_events(self.valkey, account_id, count)}
 
     # -- keys
 
-    async def list_keys(self, request: Request, account: str) -> Response:
-        found = await accounts.list_keys(self.valkey, await self.account_id(account))
-        return json_response(200, {"data": found})
+    async def list_keys(self, request: Request, account: str) -> dict[str, Any]:
+        return {"data": await accounts.list_keys(self.valkey, await self.account_id(account))}
 
-    async def create_key(self, request: Request, account: str) -> Response:
+    async def create_key(self, request: Request, account: str, body: m.CreateKey) -> Any:
         account_id = await self.account_id(account)
-        name = (await body_as(request, schemas.CreateKeyBody)).name or "default"
+        name = body.name or "default"
         created = await self.acting(request).create_key(account_id, name)
         # The only response that ever carries a key; it is not logged and cannot be repeated.
-        return json_response(
-            201,
-            {"account_id": account_id, "key_id": created.key_id, "name": name, "key": created.key},
-        )
+        return m.CreatedKey(account_id=account_id, key_id=created.key_id, name=name,
+                            key=created.key)  # fmt: skip
 
-    async def show_key(self, request: Request, key_id: str) -> Response:
+    async def show_key(self, request: Request, key_id: str) -> Any:
         account_id, key = await self.key_ref(key_id)
-        return json_response(200, await accounts.get_key(self.valkey, account_id, key))
+        return await accounts.get_key(self.valkey, account_id, key)
 
-    async def revoke_key(self, request: Request, key_id: str) -> Response:
+    async def revoke_key(self, request: Request, key_id: str) -> Any:
         account_id, key = await self.key_ref(key_id)
-        return json_response(200, await self.acting(request).revoke_key(account_id, key))
+        return await self.acting(request).revoke_key(account_id, key)
 
-    async def release_key(self, request: Request, key_id: str) -> Response:
+    async def release_key(self, request: Request, key_id: str) -> Any:
         account_id, key = await self.key_ref(key_id)
-        return json_response(200, await self.acting(request).release_key(account_id, key))
+        return await self.acting(request).release_key(account_id, key)
 
-    async def list_ips(self, request: Request, key_id: str) -> Response:
+    async def list_ips(self, request: Request, key_id: str) -> Any:
         account_id, key = await self.key_ref(key_id)
-        return json_response(200, await accounts.list_ips(self.valkey, account_id, key))
+        return await accounts.list_ips(self.valkey, account_id, key)
 
-    async def unbind(self, request: Request, key_id: str) -> Response:
+    async def unbind(self, request: Request, key_id: str, body: m.Unbind) -> Any:
         account_id, key = await self.key_ref(key_id)
-        body = await body_as(request, schemas.UnbindBody)
-        ip, everything = body.ip, body.all
-        if (ip is None) == (not everything):
+        if (body.ip is None) == (not body.all):
             raise InvalidRequest('send either {"ip": "<address>"} or {"all": true}', param="ip")
-        removed = await self.acting(request).unbind_ips(account_id, key, ip)
-        return json_response(200, {"key_id": key, "unbound": removed})
+        removed = await self.acting(request).unbind_ips(account_id, key, body.ip)
+        return m.Unbound(key_id=key, unbound=list(removed))
 
-    async def key_slots(self, request: Request, key_id: str) -> Response:
+    async def key_slots(self, request: Request, key_id: str, body: m.AddSlots) -> Any:
         account_id, key = await self.key_ref(key_id)
-        add = (await body_as(request, schemas.SlotsBody)).add
-        total = await self.acting(request).add_key_slots(account_id, key, add)
+        total = await self.acting(request).add_key_slots(account_id, key, body.add)
         view = await accounts.get_key(self.valkey, account_id, key)
-        return json_response(
-            200, {"key_id": key, "extra_ip_slots": total, "ip_slots": view["ip_slots"]}
-        )
+        return m.KeySlots(key_id=key, extra_ip_slots=total, ip_slots=view["ip_slots"])
 
-    async def quarantine(self, request: Request) -> Response:
+    async def quarantine(self, request: Request) -> dict[str, Any]:
         limit, offset = page_params(request)
         account = request.query.get("account")
         account_id = await self.account_id(account[0]) if account else None
@@ -285,24 +295,20 @@ class AdminApi:
         if account_id is not None:
             flagged = [f for f in flagged if f["account_id"] == account_id]
         found = await accounts.list_quarantined(self.valkey, account_id)
-        return json_response(200, {**page(found, limit, offset), "flagged": flagged})
+        return {**page(found, limit, offset), "flagged": flagged}
 
-    async def clear_reservations(self, request: Request, account: str) -> Response:
-        account_id = await self.account_id(account)
-        return json_response(200, await self.acting(request).clear_reservations(account_id))
+    async def clear_reservations(self, request: Request, account: str) -> Any:
+        return await self.acting(request).clear_reservations(await self.account_id(account))
 
-    async def clear_flag(self, request: Request, account: str) -> Response:
-        account_id = await self.account_id(account)
-        return json_response(200, await self.acting(request).clear_flag(account_id))
+    async def clear_flag(self, request: Request, account: str) -> Any:
+        return await self.acting(request).clear_flag(await self.account_id(account))
 
     # -- plans
 
-    async def plans(self, request: Request) -> Response:
-        plans = [orjson.loads(p.to_json()) for p in await list_plans(self.valkey)]
-        return json_response(200, {"data": plans})
+    async def plans(self, request: Request) -> dict[str, Any]:
+        return {"data": [orjson.loads(p.to_json()) for p in await list_plans(self.valkey)]}
 
-    async def put_plan(self, request: Request, name: str) -> Response:
-        body = await body_as(request, schemas.PlanBody)
+    async def put_plan(self, request: Request, name: str, body: m.PlanInput) -> Any:
         max_keys = body.max_keys
         if max_keys is None:
             current = next((p for p in await list_plans(self.valkey) if p.name == name), None)
@@ -321,97 +327,57 @@ class AdminApi:
         except ConfigError as exc:
             raise InvalidRequest(exc.message) from None
         updated = await self.acting(request).set_plan(plan)
-        return json_response(
-            200, {"plan": orjson.loads(plan.to_json()), "accounts_updated": updated}
-        )
-
+        return {"plan": orjson.loads(plan.to_json()), "accounts_updated": updated}
 
     # -- upstreams
 
-    async def list_upstreams(self, request: Request) -> Response:
-        return json_response(200, {"data": await upstream_store.views(self.valkey, self.now())})
+    async def list_upstreams(self, request: Request) -> dict[str, Any]:
+        return {"data": await upstream_store.views(self.valkey, self.now())}
 
-    async def add_upstream(self, request: Request) -> Response:
-        body = await body_as(request, schemas.AddUpstreamBody)
-        models = body.models or []
-        if not all(models):
-            raise InvalidRequest("models: must be a list of model ids", param="models")
+    async def add_upstream(self, request: Request, body: m.UpstreamInput) -> Any:
         box = SecretBox(load_master_key(self.settings.secret_key, self.settings.data_dir))
-        view = await self.acting(request).add_upstream(
+        # The answer names the key by its fingerprint only.
+        return await self.acting(request).add_upstream(
             box,
             name=body.name,
             url=body.url,
             key=body.key,
             weight=body.weight or 1,
-            models=tuple(models),
+            models=tuple(body.models or ()),
             max_concurrent=body.max_concurrent,
-        )  # fmt: skip
-        # The answer names the key by its fingerprint only.
-        return json_response(201, view)
+        )
 
-    async def _upstream(self, upstream_id: str) -> Response:
-        view = await upstream_store.view_of(self.valkey, upstream_id, self.now())
-        return json_response(200, view)
+    async def show_upstream(self, request: Request, upstream: str) -> Any:
+        return await upstream_store.view_of(self.valkey, upstream, self.now())
 
-    async def show_upstream(self, request: Request, upstream: str) -> Response:
-        return await self._upstream(upstream)
-
-    async def remove_upstream(self, request: Request, upstream: str) -> Response:
+    async def remove_upstream(self, request: Request, upstream: str) -> Any:
         upstream_id = await self.acting(request).remove_upstream(upstream)
-        return json_response(200, {"id": upstream_id, "removed": True})
+        return m.UpstreamRemoved(id=upstream_id, removed=True)
 
-    async def enable_upstream(self, request: Request, upstream: str) -> Response:
-        return json_response(200, await self.acting(request).enable_upstream(upstream, True))
+    async def enable_upstream(self, request: Request, upstream: str) -> Any:
+        return await self.acting(request).enable_upstream(upstream, True)
 
-    async def disable_upstream(self, request: Request, upstream: str) -> Response:
-        return json_response(200, await self.acting(request).enable_upstream(upstream, False))
+    async def disable_upstream(self, request: Request, upstream: str) -> Any:
+        return await self.acting(request).enable_upstream(upstream, False)
 
-    async def upstream_weight(self, request: Request, upstream: str) -> Response:
-        weight = (await body_as(request, schemas.WeightBody)).weight
-        return json_response(200, await self.acting(request).set_upstream_weight(upstream, weight))
+    async def upstream_weight(self, request: Request, upstream: str, body: m.UpstreamWeight) -> Any:
+        return await self.acting(request).set_upstream_weight(upstream, body.weight)
 
 
 def register(app: Application, res: Resources) -> None:
-    """Adds every ``/admin`` route and ``GET /openapi.json`` to ``app``."""
+    """Adds every route of ``admin_routes.ROUTES``, ``GET /openapi.json`` and the operators'
+    docs page ``GET /admin/docs`` to ``app``."""
     api = AdminApi(res)
-    op = api.operator
-    r = app.router
-    r.add_get("/admin/accounts", op(api.list_accounts))
-    r.add_post("/admin/accounts", op(api.create_account))
-    r.add_get("/admin/accounts/:account", op(api.show_account))
-    r.add_delete("/admin/accounts/:account", op(api.delete_account))
-    r.add_post("/admin/accounts/:account/plan", op(api.assign_plan))
-    r.add_post("/admin/accounts/:account/extend", op(api.extend))
-    r.add_post("/admin/accounts/:account/cancel", op(api.cancel))
-    r.add_post("/admin/accounts/:account/ip-slots", op(api.account_slots))
-    r.add_post("/admin/accounts/:account/clear-flag", op(api.clear_flag))
-    r.add_post("/admin/accounts/:account/clear-reservations", op(api.clear_reservations))
-    r.add_get("/admin/accounts/:account/usage", op(api.usage))
-    r.add_get("/admin/accounts/:account/events", op(api.events))
-    r.add_get("/admin/accounts/:account/keys", op(api.list_keys))
-    r.add_post("/admin/accounts/:account/keys", op(api.create_key))
-    r.add_get("/admin/keys/:key_id", op(api.show_key))
-    r.add_post("/admin/keys/:key_id/revoke", op(api.revoke_key))
-    r.add_post("/admin/keys/:key_id/release", op(api.release_key))
-    r.add_get("/admin/keys/:key_id/ips", op(api.list_ips))
-    r.add_post("/admin/keys/:key_id/ips/unbind", op(api.unbind))
-    r.add_post("/admin/keys/:key_id/ip-slots", op(api.key_slots))
-    r.add_get("/admin/quarantine", op(api.quarantine))
-    r.add_get("/admin/audit", op(api.audit_trail))
-    r.add_get("/admin/deletion-requests", op(api.deletion_requests))
-    r.add_get("/admin/plans", op(api.plans))
-    r.add_put("/admin/plans/:name", op(api.put_plan))
-    r.add_get("/admin/upstreams", op(api.list_upstreams))
-    r.add_post("/admin/upstreams", op(api.add_upstream))
-    r.add_get("/admin/upstreams/:upstream", op(api.show_upstream))
-    r.add_delete("/admin/upstreams/:upstream", op(api.remove_upstream))
-    r.add_post("/admin/upstreams/:upstream/enable", op(api.enable_upstream))
-    r.add_post("/admin/upstreams/:upstream/disable", op(api.disable_upstream))
-    r.add_post("/admin/upstreams/:upstream/weight", op(api.upstream_weight))
+    for route in ROUTES:
+        app.router.add(route.method, route.pattern, api.endpoint(route))
 
     document = orjson.dumps(openapi.document())
 
     async def openapi_json(request: Request) -> Response:
         return Response(200, [], Content(b"application/json", document))
 
-    r.add_get("/openapi.json", openapi_json)
+    async def docs(request: Request) -> Response:
+        return Response(200, [], Content(b"text/html; charset=utf-8", docs_page.HTML))
+
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/admin/docs", docs)

@@ -215,62 +215,6 @@ class ResponsesBody(Struct):
     safety_identifier: str | None = None
 
 
-# ---------------------------------------------------------------- admin API
-
-# Operator numbers: within signed 32 bits here; the operations check their tighter ranges.
-Int32 = Annotated[int, Meta(ge=-(2**31) + 1, le=2**31 - 1)]
-
-
-class CreateAccountBody(Struct):
-    email: str
-    plan: str | msgspec.UnsetType | None = msgspec.UNSET  # unset: the default plan
-
-
-class AssignPlanBody(Struct):
-    plan: str
-    period_days: Int32 | None = None
-
-
-class ExtendBody(Struct):
-    days: Int32 | None = None
-
-
-class SlotsBody(Struct):
-    add: Int32
-
-
-class CreateKeyBody(Struct):
-    name: str | None = None
-
-
-class UnbindBody(Struct):
-    ip: str | None = None
-    all: bool | None = None
-
-
-class PlanBody(Struct):
-    credits_5h: Int32
-    credits_7d: Int32
-    ip_slots: Int32
-    concurrency: Int32
-    period_days: Int32 | None = None
-    description: str | None = None
-    max_keys: Int32 | None = None
-
-
-class AddUpstreamBody(Struct):
-    name: str
-    url: str
-    key: str
-    weight: Int32 | None = None
-    models: list[str] | None = None
-    max_concurrent: Int32 | None = None
-
-
-class WeightBody(Struct):
-    weight: Int32
-
-
 # ---------------------------------------------------------------- checking
 
 _AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)

@@ -311,3 +311,25 @@ async def test_the_console_refuses_without_a_valid_session_or_csrf(
             assert late.status_code == 303 and late.headers["location"].endswith("/signin")
         finally:
             console_server.move_clock(-HOURS_13)
+
+
+async def test_the_api_reference_lists_every_operation_of_the_served_document(
+    console_server: Server, browser: Browser
+) -> None:
+    async with httpx.AsyncClient() as client:
+        document = (await client.get(f"{console_server.url}/openapi.json")).json()
+    methods = ("get", "head", "put", "post", "delete")
+    ops = [op for item in document["paths"].values() for m, op in item.items() if m in methods]
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{console_server.url}/admin/docs")
+        await expect(page.locator("#title")).to_have_text(re.compile(r"^Antex gateway "))
+        expected = len(ops) + len(document["components"]["schemas"])
+        await expect(page.locator("details")).to_have_count(expected)
+        create_key = page.locator("details", has_text="operationId: adminCreateKey")
+        await create_key.locator("summary").click()
+        await expect(create_key).to_contain_text('"CreateKey"')
+        await expect(create_key).to_contain_text("401 Unauthorized")
+        await page.screenshot(path=str(ARTIFACTS / "console-api-docs.png"), full_page=False)
+    finally:
+        await page.close()

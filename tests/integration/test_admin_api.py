@@ -264,6 +264,45 @@ def test_openapi_json_is_served_and_matches_the_module(stack: Stack) -> None:
     assert answer.json() == orjson.loads(orjson.dumps(openapi.document()))
 
 
+async def test_a_body_of_the_wrong_shape_is_a_400_naming_the_field(admin: Admin) -> None:
+    email = f"typed-{secrets.token_hex(4)}@example.test"
+    account = admin.post("/admin/accounts", {"email": email, "plan": "starter"}, status=201)
+    plan = {"credits_5h": 100, "credits_7d": 1_000, "ip_slots": 1, "concurrency": 2}
+    upstream = {"name": "typed", "url": "http://127.0.0.1:9", "key": "k"}
+    wrong = [
+        ("POST", "/admin/accounts", {"email": 5}, "email"),
+        ("POST", "/admin/accounts", {"plan": "starter"}, "email"),
+        ("POST", f"/admin/accounts/{account['id']}/extend", {"days": "3"}, "days"),
+        ("POST", f"/admin/accounts/{account['id']}/ip-slots", {"add": True}, "add"),
+        ("POST", f"/admin/accounts/{account['id']}/keys", {"name": ["a"]}, "name"),
+        ("PUT", "/admin/plans/typed", {**plan, "concurrency": 0}, "concurrency"),
+        ("PUT", "/admin/plans/typed", {**plan, "max_keys": 1.5}, "max_keys"),
+        ("POST", "/admin/upstreams", {**upstream, "models": [""]}, "models.0"),
+        ("POST", "/admin/upstreams/x0/weight", {"weight": 1001}, "weight"),
+    ]
+    for method, path, body, name in wrong:
+        error = admin.call(method, path, body, 400)
+        assert error["error"]["type"] == "invalid_request_error", (path, body)
+        assert error["error"]["message"].startswith(f"{name}: "), (path, body, error)
+    missing = admin.post("/admin/accounts", {}, status=400)
+    assert missing["error"]["message"] == "email: field required"
+    for raw in (b"[1]", b'"text"'):
+        answer = admin.http.post("/admin/accounts", content=raw)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["message"].startswith("Request body: Expected `object`")
+    deep = b'{"email": "a@b.test", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    answer = admin.http.post("/admin/accounts", content=deep)
+    assert answer.status_code == 400 and error_type(answer) == "invalid_request_error"
+
+
+def test_the_api_reference_page_renders_the_served_document(stack: Stack) -> None:
+    page = httpx.get(f"{stack.url}/admin/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'fetch("/openapi.json")' in page.text
+    assert "<script src" not in page.text and "http" not in page.text.split("<body>")[1]
+
+
 async def test_out_of_range_periods_and_counts_are_refused_and_listings_keep_working(
     stack: Stack, admin: Admin
 ) -> None:

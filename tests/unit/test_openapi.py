@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import get_type_hints
+
+import msgspec
 import orjson
 import pytest
 from openapi_spec_validator import validate
 
-from gateway import openapi
+from gateway import admin_routes, openapi
+from gateway.admin_api import AdminApi
 from gateway.app import create_app
 from gateway.config import Settings
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
-# The customer dashboard is HTML for browsers (forms, cookies, CSRF), not an API.
-BROWSER_PAGES = ("/dashboard", "/admin/console")
+# The dashboards and the API reference page are HTML for browsers, not API operations.
+BROWSER_PAGES = ("/dashboard", "/admin/console", "/admin/docs")
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +74,22 @@ def test_operation_ids_are_unique() -> None:
         if m in item
     ]
     assert len(ids) == len(set(ids))
+
+
+def test_every_admin_route_has_a_handler_taking_its_path_parameters_and_body() -> None:
+    for route in admin_routes.ROUTES:
+        handler = getattr(AdminApi, route.handler)
+        names = list(inspect.signature(handler).parameters)
+        expected = ["self", "request", *route.params] + (["body"] if route.body else [])
+        assert names == expected, route.op_id
+        if route.body is not None:
+            assert get_type_hints(handler)["body"] is route.body, route.op_id
+
+
+def test_admin_schemas_are_generated_from_the_models() -> None:
+    schemas = openapi.document()["components"]["schemas"]
+    for route in admin_routes.ROUTES:
+        for kind in (route.body, route.answer):
+            if kind is not None:
+                generated = msgspec.json.schema_components([kind], ref_template=admin_routes.REF)
+                assert schemas[kind.__name__] == generated[1][kind.__name__], kind
