@@ -8,15 +8,19 @@ audit trail), so an operator can answer "was X deleted, and when?" without keepi
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import orjson
+from valkey.exceptions import ValkeyError
 
 from gateway import accounts, audit, keyspace
 from gateway.dashboard.sessions import SESSION_PREFIX
 from gateway.dashboard.signin import LINK_PREFIX, RATE_PREFIX
 from gateway.limits import rfc3339
 from gateway.scripts import Client, fail_closed
+
+log = logging.getLogger("antex.erasure")
 
 DAY_MS = 86_400_000
 OVERDUE_AFTER_MS = 7 * DAY_MS  # the Privacy Policy's promise
@@ -54,6 +58,17 @@ async def list_requests(client: Client, now_ms: int) -> list[dict[str, Any]]:
 async def _scan(client: Client, pattern: str) -> list[str]:
     with fail_closed():
         return [_s(k) async for k in client.scan_iter(match=pattern, count=_SCAN)]
+
+
+async def _rewrite_persistence(client: Client) -> None:
+    """Valkey's append-only file and snapshot still hold what was just deleted until they
+    are rewritten: ask for both now, so the erasure reaches the disk too. A managed Valkey
+    may refuse (or already be rewriting); the data is gone from memory either way."""
+    for command in (("BGREWRITEAOF",), ("BGSAVE", "SCHEDULE")):
+        try:
+            await client.execute_command(*command)
+        except (OSError, ValkeyError) as exc:  # a refusal must not undo a finished erasure
+            log.warning("erasure: %s not run: %s", command[0], type(exc).__name__)
 
 
 async def erase_account(client: Client, account_id: str, now_ms: int) -> dict[str, Any]:
@@ -109,6 +124,7 @@ async def erase_account(client: Client, account_id: str, now_ms: int) -> dict[st
         for key_id in sorted(key_ids):
             await client.publish(keyspace.INVALIDATE_CHANNEL, key_id)
     await audit.redact_account(client, account_id, email, sorted(key_ids))
+    await _rewrite_persistence(client)
     return {
         "email_sha256": digest,
         "keys_deleted": len(key_ids),

@@ -33,6 +33,8 @@ ARGV
   log: a flat [field, value, ...] array of metadata (never content), or 0 for release-only;
   it holds "model", "input_tokens", "output_tokens", "cache_read_input_tokens",
   "cache_creation_input_tokens" for the aggregates.
+A record whose key hash no longer exists (the account was erased while the request ran) is
+acknowledged and dropped: settling must not recreate an erased account's usage keys.
 RETURNS {applied, repeated}: records applied now, and records already settled before.
 ]]
 
@@ -83,12 +85,16 @@ end
 local agg = KEYS[6]
 local hour = math.floor(now / 3600000)
 local day = math.floor(now / 86400000)
-local applied, repeated = 0, 0
+local applied, repeated, erased = 0, 0, 0
 
 for i = 11 + n_renew, #ARGV do
   local rec = cjson.decode(ARGV[i])
   local request_id, cost, key_index, log = rec[1], rec[2], rec[3], rec[4]
-  if redis.call('ZADD', KEYS[7], 'NX', int(now + settled_ttl), request_id) == 0 then
+  if key_index > 0 and redis.call('EXISTS', KEYS[key_index]) == 0 then
+    -- The key is gone: its account was erased while the request ran. Nothing of it may be
+    -- written back (a deletion leaves no trace); the record counts as done.
+    erased = erased + 1
+  elseif redis.call('ZADD', KEYS[7], 'NX', int(now + settled_ttl), request_id) == 0 then
     repeated = repeated + 1
   else
     applied = applied + 1
@@ -161,4 +167,4 @@ if applied > 0 then
   end
 end
 
-return {applied, repeated}
+return {applied + erased, repeated}

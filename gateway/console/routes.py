@@ -25,7 +25,7 @@ from gateway.dashboard.render import Renderer, redirect
 from gateway.dashboard.sessions import new_token
 from gateway.operations import Operator
 from gateway.pipeline import asgi_content
-from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
+from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
 
 if TYPE_CHECKING:
     from gateway.app import Resources
@@ -396,16 +396,21 @@ class Console:
 
     async def save_plan(self, request: Request) -> Response:
         async def change(op: Operator, form: dict[str, str]) -> str:
+            name = form.get("name", "").strip()
+            # A blank or missing key cap keeps the plan's own (as the CLI and admin API do).
+            keys = form.get("max_keys", "").strip()
+            current = await get_plan(self.client, name) if name else None
             try:
                 plan = Plan(
-                    name=form.get("name", "").strip(),
+                    name=name,
                     credits_5h=_int(form.get("credits_5h", ""), "credits_5h"),
                     credits_7d=_int(form.get("credits_7d", ""), "credits_7d"),
                     ip_slots=_int(form.get("ip_slots", ""), "ip_slots"),
                     concurrency=_int(form.get("concurrency", ""), "concurrency"),
                     period_days=_int(form.get("period_days", "") or "30", "period_days"),
                     description=form.get("description", "").strip(),
-                    max_keys=_int(form.get("max_keys", "") or str(DEFAULT_MAX_KEYS), "max_keys"),
+                    max_keys=_int(keys, "max_keys") if keys
+                    else (current.max_keys if current else DEFAULT_MAX_KEYS),
                 )
             except errors.ConfigError as exc:
                 raise errors.InvalidRequest(exc.message) from None

@@ -3,8 +3,10 @@ erasure after which no key name or value anywhere in Valkey belongs to the accou
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import orjson
 import valkey
 import valkey.asyncio as avalkey
@@ -125,3 +127,62 @@ async def test_delete_erases_every_trace_of_the_account(stack: Stack, valkey_url
     assert send(stack, bystander.key, "127.0.0.92").status_code == 200
     again = cli(stack, "account", "delete", customer.email, "--yes")
     assert again.code == 1 and "no account" in again.err
+
+
+async def test_a_request_in_flight_during_the_erasure_writes_nothing_back(
+    stack: Stack, valkey_url: str
+) -> None:
+    """The request settles after the account is gone: nothing of it may reappear."""
+    customer = await new_customer(valkey_url)
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    async with httpx.AsyncClient(timeout=30) as client:
+        slow = asyncio.ensure_future(client.post(
+            f"{stack.url}/v1/messages", json=body,
+            headers={"x-api-key": customer.key, "x-sim-ttft-ms": "2000"},
+        ))  # fmt: skip
+        await asyncio.sleep(0.8)  # admitted, waiting for the upstream
+        done = await asyncio.to_thread(cli, stack, "account", "delete", customer.email, "--yes")
+        assert done.code == 0, done.err
+        answered = await slow
+    assert answered.status_code == 200
+    sync = valkey.Valkey.from_url(valkey_url)
+    try:
+        # What must not happen has no event to wait for: give the settle flush (~0.3 s) time.
+        await asyncio.sleep(2)
+        needles = [customer.account_id, customer.email, customer.key_id]
+        assert await asyncio.to_thread(traces, sync, needles) == []
+    finally:
+        sync.close()
+
+
+async def test_the_erasure_reaches_valkeys_files_on_disk(tmp_path: Any) -> None:
+    """The append-only file and the snapshot are rewritten after an erasure, so the deleted
+    account's email and ids are gone from the disk too, not only from memory."""
+    from gateway.embedded_valkey import EmbeddedValkey
+    from gateway.erasure import erase_account
+
+    server = EmbeddedValkey(tmp_path / "valkey", unix_socket=False)
+    url = await asyncio.to_thread(server.start)
+    try:
+        customer = await new_customer(url)
+        client = avalkey.Valkey.from_url(url)
+        try:
+            await erase_account(client, customer.account_id, system_clock())
+            for _ in range(200):  # poll until both background rewrites have finished
+                info = await client.info("persistence")
+                if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]
+                        or info["rdb_bgsave_in_progress"]):  # fmt: skip
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        on_disk = b"".join(
+            p.read_bytes() for p in (tmp_path / "valkey").rglob("*")
+            if p.is_file() and p.suffix in (".aof", ".rdb")
+        )  # fmt: skip
+        assert on_disk, "no AOF or RDB file was written"
+        for needle in (customer.email, customer.account_id, customer.key_id):
+            assert needle.encode() not in on_disk, needle
+    finally:
+        await asyncio.to_thread(server.stop)
