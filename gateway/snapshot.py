@@ -18,7 +18,7 @@ import orjson
 import valkey.asyncio as avalkey
 from valkey.exceptions import WatchError
 
-from gateway import audit, keyspace
+from gateway import audit, keyspace, upstream_store
 from gateway.errors import InvalidRequest
 from gateway.scripts import fail_closed
 
@@ -96,6 +96,14 @@ async def export(client: avalkey.Valkey) -> AsyncIterator[bytes]:
         plans = _map(await client.hgetall(keyspace.PLANS))
         for name in sorted(plans):
             yield line({"type": "plan", "name": name, "plan": orjson.loads(plans[name])})
+        # The pool: each upstream's configuration with its key still sealed (restoring it
+        # needs the same master key: ANTEX_SECRET_KEY or the data dir's secret.key).
+        members = {_s(i) for i in await client.smembers(upstream_store.IDS)}
+        for upstream_id in sorted(members | {upstream_store.ENV_ID}):
+            fields = _map(await client.hgetall(upstream_store.record_key(upstream_id)))
+            if fields:
+                yield line({"type": "upstream", "id": upstream_id, "pooled":
+                            upstream_id in members, "fields": fields})  # fmt: skip
         tokens = _map(await client.hgetall(keyspace.ADMIN_TOKENS))
         for digest in sorted(tokens):
             yield line(
@@ -171,6 +179,10 @@ def _write(pipe: Any, kind: str, r: dict[str, Any]) -> None:
     ak = keyspace.AccountKeys(r.get("account_id") or r.get("id") or "-")
     if kind == "plan":
         pipe.hset(keyspace.PLANS, r["name"], _dump(r["plan"]))
+    elif kind == "upstream":
+        pipe.hset(upstream_store.record_key(r["id"]), mapping=r["fields"])
+        if r["pooled"]:
+            pipe.sadd(upstream_store.IDS, r["id"])
     elif kind == "admin_token":
         pipe.hset(keyspace.ADMIN_TOKENS, r["digest"], _dump(r["meta"]))
     elif kind == "account":

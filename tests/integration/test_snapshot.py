@@ -14,9 +14,16 @@ import orjson
 import pytest
 import valkey
 
-from gateway import keyspace
+from gateway import keyspace, upstream_store
 from gateway.embedded_valkey import EmbeddedValkey, free_port
-from tests.integration.conftest import ROOT, Stack, gateway_env, new_customer, run_gateway
+from tests.integration.conftest import (
+    ROOT,
+    UPSTREAM_KEY,
+    Stack,
+    gateway_env,
+    new_customer,
+    run_gateway,
+)
 from tests.integration.ops_helpers import cli, send
 
 
@@ -63,13 +70,21 @@ async def test_export_wipe_import_export_is_byte_identical(
         assert send(stack, customer.key, ip).status_code == 200
     assert cli(stack, "account", "plan", customer.email, "max").code == 0
     assert cli(stack, "admin-token", "create", "--name", "snap").code == 0
+    # An upstream of the pool, its key sealed (it serves only a model no test uses, so the
+    # shared stack's routing is unchanged).
+    upstream = f"snap-up-{customer.key_id}"
+    added = cli(stack, "upstream", "add", upstream, "--url", stack.sim_url, "--key-stdin",
+                "--models", "claude-mythos-preview", stdin=UPSTREAM_KEY + "\n")  # fmt: skip
+    assert added.code == 0, added.err
 
     original = settled_export(stack.valkey_url)
     records = [orjson.loads(raw) for raw in original.splitlines()]
     kinds = {r["type"] for r in records}
     assert {"snapshot", "plan", "admin_token", "account", "key", "bindings", "window",
-            "hourly", "request_log", "audit"} <= kinds  # fmt: skip
+            "hourly", "request_log", "audit", "upstream"} <= kinds  # fmt: skip
     assert customer.key.encode() not in original  # key hashes only, never a key
+    assert UPSTREAM_KEY.encode() not in original  # upstream keys stay sealed
+    assert cli(stack, "upstream", "remove", upstream).code == 0
     mine = [r for r in records if r.get("account_id") == customer.account_id]
     bindings = [r for r in mine if r["type"] == "bindings"]
     assert sorted(bindings[0]["ips"]) == ["127.0.0.101", "127.0.0.102"]
@@ -97,6 +112,9 @@ async def test_export_wipe_import_export_is_byte_identical(
     port = free_port()
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "clock").write_text("0")
+    # The operator carries the master key with the snapshot, so sealed keys open.
+    (tmp_path / "data" / "secret.key").write_bytes((stack.data_dir / "secret.key").read_bytes())
+    (tmp_path / "data" / "secret.key").chmod(0o600)
     env = gateway_env(own_valkey, simulator, tmp_path / "data", port)
     with run_gateway(env, port, tmp_path / "restored.log") as url:
         restored_stack = Stack(url, simulator, own_valkey, tmp_path, tmp_path / "r.log",
@@ -108,8 +126,11 @@ async def test_export_wipe_import_export_is_byte_identical(
     try:
         bound = client.hkeys(keyspace.AccountKeys(customer.account_id).key_ips(customer.key_id))
         assert len(bound) == 3
+        ids = [i.decode() for i in client.smembers(upstream_store.IDS)]
+        names = [client.hget(upstream_store.record_key(i), "name") for i in ids]
     finally:
         client.close()
+    assert names == [upstream.encode()]
 
 
 async def test_import_refuses_a_line_that_is_not_a_record(own_valkey: str) -> None:
