@@ -80,7 +80,7 @@ image:
 	podman build --format docker --build-arg BASE=$(BASE) -t antex-gateway:latest -f Containerfile .
 
 # Offline proof of the image (root, podman, runc, debootstrap); not part of `make test`.
-image-test: $(STAMP)
+image-test: $(RUNTIME)
 	PY=$(BIN)/python ops/image-test.sh
 
 clean:
