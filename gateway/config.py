@@ -157,7 +157,7 @@ class Settings:
     reservation_ttl_s: int = 120
     # Settlement batching: while other requests are in flight, a charge waits at most this
     # long (ms) for others to share its round trip; an idle worker settles at once.
-    settle_flush_ms: int = 250
+    settle_flush_ms: int = 25
     # A settle round trip unanswered this long (s) is retried (a repeat is a no-op).
     settle_timeout_s: float = 5.0
     # A stop waits this long for open requests, then for queued settlements.
@@ -220,7 +220,7 @@ class Settings:
             webhook_secret=_webhook_secret(e),
             customer_notices=_choice(e, "ANTEX_CUSTOMER_NOTICES", "off", ("off", "on")) == "on",
             reservation_ttl_s=_int(e, "ANTEX_RESERVATION_TTL", 120, 10),
-            settle_flush_ms=_int(e, "ANTEX_SETTLE_FLUSH_MS", 250, 1),
+            settle_flush_ms=_int(e, "ANTEX_SETTLE_FLUSH_MS", 25, 1),
             settle_timeout_s=_float(e, "ANTEX_SETTLE_TIMEOUT", 5.0),
             drain_seconds=_int(e, "ANTEX_DRAIN_SECONDS", 30, 1),
         )
