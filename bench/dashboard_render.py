@@ -30,7 +30,7 @@ from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.limits import CreditLimiter
 from gateway.plans import list_plans
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 HOUR_MS = 3_600_000

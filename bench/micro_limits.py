@@ -19,7 +19,7 @@ import valkey.asyncio as avalkey
 from gateway.embedded_valkey import EmbeddedValkey
 from gateway.keyspace import AccountKeys
 from gateway.limits import CreditLimiter
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 
 RECORD: dict[str, str | int] = {
     "model": "claude-sonnet-4-6", "input_tokens": 1200, "output_tokens": 900,

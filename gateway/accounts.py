@@ -19,7 +19,7 @@ from gateway.clock import system_clock
 from gateway.errors import InvalidRequest, KeyLimitReached, NotFound
 from gateway.limits import CreditLimiter, rfc3339, usage_body
 from gateway.plans import DEFAULT_MAX_KEYS, account_plan_fields, get_plan
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 
 DAY_MS = 86_400_000
 # Counts an operator types (slots, days) stay far inside signed 32 bits.

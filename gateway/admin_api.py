@@ -37,8 +37,8 @@ from gateway.errors import (
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
 from gateway.routes import json_response
-from gateway.scripts import fail_closed
 from gateway.secretbox import SecretBox, load_master_key
+from gateway.store import fail_closed
 
 if TYPE_CHECKING:
     from gateway.app import Resources

@@ -26,7 +26,7 @@ from gateway import events, keyspace
 from gateway.config import Settings
 from gateway.dashboard import mail
 from gateway.observability import Metrics
-from gateway.scripts import Client
+from gateway.store import Client
 
 log = logging.getLogger("antex.alerts")
 

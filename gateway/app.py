@@ -33,8 +33,8 @@ from gateway.pool_state import PoolView
 from gateway.pool_sync import PoolSync
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
-from gateway.scripts import Scripts
 from gateway.settlement import Settler
+from gateway.store import Scripts
 from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")

@@ -19,7 +19,7 @@ import orjson
 
 from gateway import keyspace
 from gateway.limits import rfc3339
-from gateway.scripts import Client, fail_closed
+from gateway.store import Client, fail_closed
 
 AUDIT = f"{keyspace.PREFIX}:audit"  # zset: entry JSON -> at ms
 DAY_MS = 86_400_000

@@ -26,7 +26,7 @@ from cachetools import TTLCache
 from gateway import keys, keyspace
 from gateway.errors import AuthenticationFailed
 from gateway.limits import quarantined
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 log = logging.getLogger("antex.auth")
 

@@ -37,8 +37,8 @@ from gateway.errors import AntexError, ConfigError, InvalidRequest
 from gateway.limits import CreditLimiter, rfc3339
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
-from gateway.scripts import Scripts
 from gateway.secretbox import SecretBox, load_master_key
+from gateway.store import Scripts
 from gateway.valkey_client import open_client
 
 Command = Callable[[avalkey.Valkey, argparse.Namespace, Settings], Awaitable[Any]]

@@ -18,7 +18,7 @@ from gateway import accounts, audit, keyspace
 from gateway.dashboard.sessions import SESSION_PREFIX
 from gateway.dashboard.signin import LINK_PREFIX, RATE_PREFIX
 from gateway.limits import rfc3339
-from gateway.scripts import Client, fail_closed
+from gateway.store import Client, fail_closed
 
 log = logging.getLogger("antex.erasure")
 

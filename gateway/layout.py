@@ -19,7 +19,7 @@ from valkey.exceptions import LockError
 
 from gateway import keyspace
 from gateway.errors import ConfigError
-from gateway.scripts import Client, fail_closed
+from gateway.store import Client, fail_closed
 
 log = logging.getLogger("antex.layout")
 

@@ -29,7 +29,7 @@ import orjson
 from gateway import errors, events, keyspace
 from gateway.keyspace import AccountKeys
 from gateway.plans import DEFAULT_MAX_KEYS
-from gateway.scripts import Arg, Client, Scripts, fail_closed
+from gateway.store import Arg, Client, Scripts, fail_closed
 
 log = logging.getLogger("antex.limits")
 

@@ -18,7 +18,7 @@ from gateway import accounts, admin_tokens, audit, erasure, upstream_store
 from gateway.dashboard import signin
 from gateway.errors import InvalidRequest
 from gateway.plans import Plan, get_plan, list_plans, set_plan
-from gateway.scripts import Client
+from gateway.store import Client
 
 # What an audit entry compares of an account and of a key (never the bcrypt hash).
 _ACCOUNT_FIELDS = ("plan", "subscription", "period_end", "credits_5h", "credits_7d",

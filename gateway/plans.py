@@ -17,7 +17,7 @@ import orjson
 from gateway import keyspace
 from gateway.errors import ConfigError
 from gateway.keyspace import AccountKeys
-from gateway.scripts import Client, fail_closed
+from gateway.store import Client, fail_closed
 
 log = logging.getLogger("antex.plans")
 

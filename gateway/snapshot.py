@@ -20,7 +20,7 @@ from valkey.exceptions import WatchError
 
 from gateway import audit, keyspace, upstream_store
 from gateway.errors import InvalidRequest
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 FORMAT = "antex-snapshot"
 VERSION = 1

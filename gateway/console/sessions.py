@@ -17,7 +17,7 @@ from blacksheep import Request, Response
 from gateway import admin_tokens, keyspace
 from gateway.config import IPNetwork
 from gateway.dashboard.sessions import digest, new_token, over_tls
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 COOKIE = "antex_console"
 COOKIE_PATH = "/admin/console"

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import accounts
 from gateway.dashboard import charts
 from gateway.limits import CreditLimiter, UsageView
-from gateway.scripts import Client
+from gateway.store import Client
 
 TOP_ACCOUNTS = 10
 # The traffic page reads every account's windows; past this many it shows the first ones.

@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from gateway import keyspace
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 # Global, untagged: one random secret shared by every worker and node.
 SECRET_KEY = f"{keyspace.PREFIX}:dash:csrf_secret"

@@ -20,7 +20,7 @@ from blacksheep.cookies import Cookie, CookieSameSiteMode
 
 from gateway import keyspace
 from gateway.config import IPNetwork
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 COOKIE = "antex_session"
 COOKIE_PATH = "/dashboard"

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway import keyspace
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 LINK_PREFIX = f"{keyspace.PREFIX}:dash:link:"  # + sha256(token) -> "<account id> <expires ms>"
 RATE_PREFIX = f"{keyspace.PREFIX}:dash:signin:"  # + "email:<sha256>" | "ip:<ip tag>" -> count

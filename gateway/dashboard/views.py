@@ -16,7 +16,7 @@ from gateway import accounts, keyspace
 from gateway.dashboard import charts
 from gateway.limits import CreditLimiter, usage_body
 from gateway.plans import DEFAULT_MAX_KEYS, list_plans
-from gateway.scripts import fail_closed
+from gateway.store import fail_closed
 
 RECENT_REQUESTS = 25
 DELETION_REQUESTS = keyspace.DELETION_REQUESTS

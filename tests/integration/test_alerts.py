@@ -19,7 +19,7 @@ from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.limits import CreditLimiter, LimiterSettings
 from gateway.plans import Plan
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 from tests.integration.conftest import gateway_env, new_customer, run_gateway
 from tests.integration.ops_helpers import MESSAGE, client_from, error_type
 from tests.integration.test_dashboard import smtp_server

@@ -16,7 +16,7 @@ from gateway.clock import system_clock
 from gateway.dashboard import signin, views
 from gateway.dashboard.sessions import Sessions
 from gateway.limits import CreditLimiter
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 from tests.integration.conftest import Stack, new_customer
 from tests.integration.ops_helpers import cli, send, server_now
 

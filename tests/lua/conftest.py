@@ -10,7 +10,7 @@ import pytest
 
 from gateway.keyspace import AccountKeys
 from gateway.limits import CreditLimiter, LimiterSettings
-from gateway.scripts import Client, Scripts
+from gateway.store import Client, Scripts
 
 # 2026-11-22T12:00:00Z, a whole hour: tests reason about bucket boundaries from here.
 T0 = 1_795_348_800_000

@@ -13,7 +13,7 @@ from gateway import errors, keyspace
 from gateway.embedded_valkey import free_port
 from gateway.limits import HOUR_MS, MINUTE_MS, Admission, CreditLimiter, usage_body
 from gateway.plans import DEFAULT_PLANS, account_plan_fields
-from gateway.scripts import Client, Scripts
+from gateway.store import Client, Scripts
 from tests.lua.conftest import T0, FakeClock, make_account
 
 MakeLimiter = Callable[..., CreditLimiter]

@@ -17,7 +17,7 @@ from gateway import errors, keyspace, plans
 from gateway.embedded_valkey import free_port, valkey_binary
 from gateway.keyspace import AccountKeys
 from gateway.limits import CreditLimiter
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 from tests.lua.conftest import FakeClock, make_account
 
 pytestmark = pytest.mark.cluster

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from gateway.limits import CreditLimiter, LimiterSettings
-from gateway.scripts import Client, Scripts
+from gateway.store import Client, Scripts
 from tests.lua.conftest import T0, FakeClock, make_account
 
 STEP_MS = 60_000

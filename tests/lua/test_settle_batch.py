@@ -11,7 +11,7 @@ import pytest
 from gateway import errors
 from gateway.keyspace import AccountKeys
 from gateway.limits import MINUTE_MS, Charge, CreditLimiter
-from gateway.scripts import Client
+from gateway.store import Client
 from tests.lua.conftest import FakeClock, make_account
 
 MakeLimiter = Callable[..., CreditLimiter]

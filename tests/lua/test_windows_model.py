@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 from gateway import errors
 from gateway.keyspace import AccountKeys
 from gateway.limits import CreditLimiter, LimiterSettings
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 from tests.lua.conftest import T0, FakeClock, make_account
 
 T = TypeVar("T")

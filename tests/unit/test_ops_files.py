@@ -23,7 +23,7 @@ from gateway.app import SETTLE_DRAIN_S
 from gateway.config import Settings
 from gateway.embedded_valkey import free_port, valkey_binary
 from gateway.observability import Metrics
-from gateway.scripts import Scripts
+from gateway.store import Scripts
 from gateway.usage import Usage
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
