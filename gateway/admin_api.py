@@ -38,7 +38,6 @@ from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
 from gateway.routes import json_response
 from gateway.secretbox import SecretBox, load_master_key
-from gateway.store import fail_closed
 
 if TYPE_CHECKING:
     from gateway.app import Resources
@@ -134,21 +133,20 @@ class AdminApi:
         fn: Handler = getattr(self, route.handler)
 
         async def call(request: Request, *params: str) -> Response:
-            with fail_closed():
-                meta = await self.authorize(request)
-                operator = str(meta.get("name", "operator"))
-                if request.method != "GET" and meta.get("scope") != "full":
-                    raise PermissionDenied(_READ_ONLY)
-                cast(dict[str, Any], request.scope)["antex.operator"] = operator
-                args: list[Any] = [request, *params]
-                if route.body is not None:
-                    args.append(await json_body(request, route.body))
-                answer = await fn(*args)
-                response = (
-                    answer
-                    if isinstance(answer, Response)
-                    else json_response(route.status, m.encode(answer))
-                )
+            meta = await self.authorize(request)
+            operator = str(meta.get("name", "operator"))
+            if request.method != "GET" and meta.get("scope") != "full":
+                raise PermissionDenied(_READ_ONLY)
+            cast(dict[str, Any], request.scope)["antex.operator"] = operator
+            args: list[Any] = [request, *params]
+            if route.body is not None:
+                args.append(await json_body(request, route.body))
+            answer = await fn(*args)
+            response = (
+                answer
+                if isinstance(answer, Response)
+                else json_response(route.status, m.encode(answer))
+            )
             # An audit line names the operation, never the path: a pasted key could be in it.
             log.info("admin %s by %s: %d", route.handler, operator, response.status)
             return response

@@ -34,8 +34,7 @@ from gateway.pool_sync import PoolSync
 from gateway.proxy import Upstream
 from gateway.routes import AnthropicRoutes, json_response
 from gateway.settlement import Settler
-from gateway.store import Scripts
-from gateway.valkey_client import is_cluster, open_client
+from gateway.store import Scripts, is_cluster, open_client
 
 log = logging.getLogger("antex.app")
 # A stopping worker's last settlement flushes (after granian's ANTEX_DRAIN_SECONDS); what

@@ -19,7 +19,7 @@ import orjson
 
 from gateway import keyspace
 from gateway.limits import rfc3339
-from gateway.store import Client, fail_closed
+from gateway.store import Client
 
 AUDIT = f"{keyspace.PREFIX}:audit"  # zset: entry JSON -> at ms
 DAY_MS = 86_400_000
@@ -73,12 +73,11 @@ class Trail:
             "changes": changes(before, after),
         }
         horizon = now_ms - self.retention_days * DAY_MS
-        with fail_closed():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zadd(AUDIT, {_dump(entry): now_ms})
-            pipe.zremrangebyscore(AUDIT, "-inf", f"({horizon}")
-            pipe.zremrangebyrank(AUDIT, 0, -MAX_ENTRIES - 1)
-            await pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(AUDIT, {_dump(entry): now_ms})
+        pipe.zremrangebyscore(AUDIT, "-inf", f"({horizon}")
+        pipe.zremrangebyrank(AUDIT, 0, -MAX_ENTRIES - 1)
+        await pipe.execute()
         return entry
 
 
@@ -109,8 +108,7 @@ async def query(
     start = 0
     low = "-inf" if since_ms is None else str(since_ms)
     while True:
-        with fail_closed():
-            raw = await client.zrevrangebyscore(AUDIT, "+inf", low, start=start, num=_SCAN_BATCH)
+        raw = await client.zrevrangebyscore(AUDIT, "+inf", low, start=start, num=_SCAN_BATCH)
         for member in raw:
             entry = _view(member)
             if actor is not None and entry["actor"] != actor:
@@ -134,16 +132,14 @@ async def query(
 
 async def all_entries(client: Client) -> list[tuple[str, int]]:
     """Every entry as stored, oldest first: ``(member JSON, at ms)`` (for export)."""
-    with fail_closed():
-        raw = await client.zrange(AUDIT, 0, -1, withscores=True)
+    raw = await client.zrange(AUDIT, 0, -1, withscores=True)
     out = [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in raw]
     return sorted(out, key=lambda e: (e[1], e[0]))
 
 
 async def restore(client: Client, entries: list[tuple[str, int]]) -> None:
     if entries:
-        with fail_closed():
-            await client.zadd(AUDIT, dict(entries))
+        await client.zadd(AUDIT, dict(entries))
 
 
 def _redact(value: Any, names: Mapping[str, str]) -> Any:
@@ -165,16 +161,15 @@ async def redact_account(client: Client, account_id: str, email: str, key_ids: l
     names = {account_id: digest, email: digest, **{k: f"{digest}:key" for k in key_ids}}
     needles = tuple(names)
     rewritten = 0
-    with fail_closed():
-        raw = await client.zrange(AUDIT, 0, -1, withscores=True)
-        pipe = client.pipeline(transaction=True)
-        for member, score in raw:
-            text = member.decode() if isinstance(member, bytes) else str(member)
-            if not any(n in text for n in needles):
-                continue
-            pipe.zrem(AUDIT, text)
-            pipe.zadd(AUDIT, {_dump(_redact(orjson.loads(text), names)): score})
-            rewritten += 1
-        if rewritten:
-            await pipe.execute()
+    raw = await client.zrange(AUDIT, 0, -1, withscores=True)
+    pipe = client.pipeline(transaction=True)
+    for member, score in raw:
+        text = member.decode() if isinstance(member, bytes) else str(member)
+        if not any(n in text for n in needles):
+            continue
+        pipe.zrem(AUDIT, text)
+        pipe.zadd(AUDIT, {_dump(_redact(orjson.loads(text), names)): score})
+        rewritten += 1
+    if rewritten:
+        await pipe.execute()
     return rewritten

@@ -27,19 +27,19 @@ from gateway import (
     keyspace,
     layout,
     snapshot,
+    store,
     upstream_store,
 )
 from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey
-from gateway.errors import AntexError, ConfigError, InvalidRequest
+from gateway.errors import ConfigError, InvalidRequest
 from gateway.limits import CreditLimiter, rfc3339
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
 from gateway.secretbox import SecretBox, load_master_key
-from gateway.store import Scripts
-from gateway.valkey_client import open_client
+from gateway.store import Scripts, open_client
 
 Command = Callable[[avalkey.Valkey, argparse.Namespace, Settings], Awaitable[Any]]
 _COMMANDS: dict[tuple[str, str], Command] = {}
@@ -867,8 +867,8 @@ def main(argv: list[str] | None = None) -> int:
                 await handler(client, args, settings)
 
         asyncio.run(run())
-    except AntexError as exc:
-        sys.stderr.write(f"antex: {exc.message}\n")
+    except store.FAILURES as exc:
+        sys.stderr.write(f"antex: {store.domain_error(exc).message}\n")
         return 1
     return 0
 

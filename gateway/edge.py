@@ -18,7 +18,7 @@ from typing import Any, cast
 from blacksheep import Application, Content, Request, Response, StreamedContent
 from blacksheep.exceptions import HTTPException, MessageAborted
 
-from gateway import errors, wire
+from gateway import errors, store, wire
 
 log = logging.getLogger("antex.edge")
 
@@ -117,6 +117,10 @@ def edge_middleware(app: Application, cors_origins: frozenset[bytes] | None) -> 
             response = await handler(request)
         except errors.AntexError as exc:
             response = await app.handle_request_handler_exception(request, exc)
+        except store.OUTAGES as exc:
+            # Every route's Valkey outage ends here: a 503 in the route's shape, counted and
+            # alerted by the one error handler like any other domain error.
+            response = await app.handle_request_handler_exception(request, store.unavailable(exc))
         except MessageAborted:
             # The server gave up on the body: malformed chunked framing, or the client left.
             bad = errors.InvalidRequest("The request body was malformed or cut short.")
@@ -130,7 +134,8 @@ def edge_middleware(app: Application, cors_origins: frozenset[bytes] | None) -> 
                 "unexpected %s at %s on %s %s",
                 type(exc).__name__, _where(exc), request.method, route_template(app, request),
             )  # fmt: skip
-            response = error_response(request, errors.InternalError("Internal error."))
+            internal = errors.InternalError("Internal error.")
+            response = await app.handle_request_handler_exception(request, internal)
         response.set_header(b"request-id", rid.encode())
         if public and is_openai(request):
             response.set_header(b"x-request-id", rid.encode())

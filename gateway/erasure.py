@@ -18,7 +18,7 @@ from gateway import accounts, audit, keyspace
 from gateway.dashboard.sessions import SESSION_PREFIX
 from gateway.dashboard.signin import LINK_PREFIX, RATE_PREFIX
 from gateway.limits import rfc3339
-from gateway.store import Client, fail_closed
+from gateway.store import Client
 
 log = logging.getLogger("antex.erasure")
 
@@ -33,12 +33,11 @@ def _s(value: Any) -> str:
 
 async def list_requests(client: Client, now_ms: int) -> list[dict[str, Any]]:
     """Open deletion requests, oldest first: account id, email, age in days, overdue flag."""
-    with fail_closed():
-        raw = await client.zrange(keyspace.DELETION_REQUESTS, 0, -1, withscores=True)
-        pipe = client.pipeline(transaction=False)
-        for member, _ in raw:
-            pipe.hget(keyspace.AccountKeys(_s(member)).account, "email")
-        emails = await pipe.execute() if raw else []
+    raw = await client.zrange(keyspace.DELETION_REQUESTS, 0, -1, withscores=True)
+    pipe = client.pipeline(transaction=False)
+    for member, _ in raw:
+        pipe.hget(keyspace.AccountKeys(_s(member)).account, "email")
+    emails = await pipe.execute() if raw else []
     out = []
     for (member, score), email in zip(raw, emails, strict=True):
         asked = int(score)
@@ -56,8 +55,7 @@ async def list_requests(client: Client, now_ms: int) -> list[dict[str, Any]]:
 
 
 async def _scan(client: Client, pattern: str) -> list[str]:
-    with fail_closed():
-        return [_s(k) async for k in client.scan_iter(match=pattern, count=_SCAN)]
+    return [_s(k) async for k in client.scan_iter(match=pattern, count=_SCAN)]
 
 
 async def _rewrite_persistence(client: Client) -> None:
@@ -81,8 +79,7 @@ async def erase_account(client: Client, account_id: str, now_ms: int) -> dict[st
     account = await accounts.get_account(client, account_id)
     email = account.get("email", "")
     ak = keyspace.AccountKeys(account_id)
-    with fail_closed():
-        key_ids = {_s(k) for k in await client.smembers(ak.keys)}
+    key_ids = {_s(k) for k in await client.smembers(ak.keys)}
     # Every key of the account shares its tag, whatever future code adds under it.
     tagged = await _scan(client, f"{keyspace.PREFIX}:{{a:{account_id}}}:*")
     key_ids |= {name.rsplit(":", 1)[1] for name in tagged if name.startswith(ak.key(""))}
@@ -92,37 +89,34 @@ async def erase_account(client: Client, account_id: str, now_ms: int) -> dict[st
     doomed.add(f"{RATE_PREFIX}email:{hashlib.sha256(email.encode()).hexdigest()}")
     # Sessions and sign-in links are keyed by token digests: find them by their contents.
     for name in await _scan(client, SESSION_PREFIX + "*"):
-        with fail_closed():
-            owner = await client.hget(name, "account")
+        owner = await client.hget(name, "account")
         if owner is not None and _s(owner) == account_id:
             doomed.add(name)
     for name in await _scan(client, LINK_PREFIX + "*"):
-        with fail_closed():
-            value = await client.get(name)
+        value = await client.get(name)
         if value is not None and _s(value).partition(" ")[0] == account_id:
             doomed.add(name)
-    with fail_closed():
-        requested = await client.zscore(keyspace.DELETION_REQUESTS, account_id)
-        quarantined = [
-            _s(m)
-            for m in await client.zrange(keyspace.QUARANTINE_INDEX, 0, -1)
-            if _s(m).startswith(account_id + ":")
-        ]
-        pipe = client.pipeline(transaction=False)
-        for name in sorted(doomed):
-            pipe.delete(name)
-        pipe.srem(keyspace.ACCOUNTS, account_id)
-        pipe.zrem(keyspace.DELETION_REQUESTS, account_id)
-        if quarantined:
-            pipe.zrem(keyspace.QUARANTINE_INDEX, *quarantined)
-        digest = audit.email_digest(email)
-        done = {"requested_ms": int(requested) if requested is not None else None,
-                "done_ms": now_ms}  # fmt: skip
-        pipe.hset(keyspace.DELETIONS_DONE, digest, orjson.dumps(done))
-        deleted = await pipe.execute()
-        # Workers drop the keys from their auth caches at once.
-        for key_id in sorted(key_ids):
-            await client.publish(keyspace.INVALIDATE_CHANNEL, key_id)
+    requested = await client.zscore(keyspace.DELETION_REQUESTS, account_id)
+    quarantined = [
+        _s(m)
+        for m in await client.zrange(keyspace.QUARANTINE_INDEX, 0, -1)
+        if _s(m).startswith(account_id + ":")
+    ]
+    pipe = client.pipeline(transaction=False)
+    for name in sorted(doomed):
+        pipe.delete(name)
+    pipe.srem(keyspace.ACCOUNTS, account_id)
+    pipe.zrem(keyspace.DELETION_REQUESTS, account_id)
+    if quarantined:
+        pipe.zrem(keyspace.QUARANTINE_INDEX, *quarantined)
+    digest = audit.email_digest(email)
+    done = {"requested_ms": int(requested) if requested is not None else None,
+            "done_ms": now_ms}  # fmt: skip
+    pipe.hset(keyspace.DELETIONS_DONE, digest, orjson.dumps(done))
+    deleted = await pipe.execute()
+    # Workers drop the keys from their auth caches at once.
+    for key_id in sorted(key_ids):
+        await client.publish(keyspace.INVALIDATE_CHANNEL, key_id)
     await audit.redact_account(client, account_id, email, sorted(key_ids))
     await _rewrite_persistence(client)
     return {

@@ -19,7 +19,7 @@ from valkey.exceptions import LockError
 
 from gateway import keyspace
 from gateway.errors import ConfigError
-from gateway.store import Client, fail_closed
+from gateway.store import Client
 
 log = logging.getLogger("antex.layout")
 
@@ -115,39 +115,38 @@ async def ensure_layout(
     finish within ``wait_s`` seconds.
     """
     current = steps[-1].version if steps else UNVERSIONED
-    with fail_closed():
-        stamped = await stamped_version(client)
-        if stamped == current:
+    stamped = await stamped_version(client)
+    if stamped == current:
+        return current
+    if stamped is not None:
+        refuse_newer(stamped, current)
+    lock = client.lock(LOCK_KEY, timeout=_LOCK_TTL_S, blocking_timeout=wait_s)
+    if not await lock.acquire():
+        raise LayoutError(
+            f"another node has held {LOCK_KEY} for {wait_s:.0f} s while migrating the "
+            "data layout; check its log, or delete the key if that node is gone"
+        )
+    try:
+        # Whoever held the lock before may have done the work already.
+        stored = await stored_version(client)
+        if stored is None:
+            await client.set(LAYOUT_KEY, current)
+            log.info("empty store: data layout version %d stamped", current)
             return current
-        if stamped is not None:
-            refuse_newer(stamped, current)
-        lock = client.lock(LOCK_KEY, timeout=_LOCK_TTL_S, blocking_timeout=wait_s)
-        if not await lock.acquire():
-            raise LayoutError(
-                f"another node has held {LOCK_KEY} for {wait_s:.0f} s while migrating the "
-                "data layout; check its log, or delete the key if that node is gone"
-            )
+        refuse_newer(stored, current)
+        for step in pending(stored, steps):
+            log.warning("migrating the data layout to version %d: %s", step.version,
+                        step.summary)  # fmt: skip
+            started = time.monotonic()
+            touched = await step.run(client)
+            await client.set(LAYOUT_KEY, step.version)
+            log.warning("data layout version %d reached (%d records, %.1f s)",
+                        step.version, touched, time.monotonic() - started)  # fmt: skip
+        await client.set(LAYOUT_KEY, current)  # an unversioned store of today's layout too
+        return current
+    finally:
         try:
-            # Whoever held the lock before may have done the work already.
-            stored = await stored_version(client)
-            if stored is None:
-                await client.set(LAYOUT_KEY, current)
-                log.info("empty store: data layout version %d stamped", current)
-                return current
-            refuse_newer(stored, current)
-            for step in pending(stored, steps):
-                log.warning("migrating the data layout to version %d: %s", step.version,
-                            step.summary)  # fmt: skip
-                started = time.monotonic()
-                touched = await step.run(client)
-                await client.set(LAYOUT_KEY, step.version)
-                log.warning("data layout version %d reached (%d records, %.1f s)",
-                            step.version, touched, time.monotonic() - started)  # fmt: skip
-            await client.set(LAYOUT_KEY, current)  # an unversioned store of today's layout too
-            return current
-        finally:
-            try:
-                await lock.release()
-            except LockError:
-                log.warning("the layout lock expired during the migration")
+            await lock.release()
+        except LockError:
+            log.warning("the layout lock expired during the migration")
 

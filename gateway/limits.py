@@ -26,10 +26,10 @@ from typing import Any, NoReturn
 
 import orjson
 
-from gateway import errors, events, keyspace
+from gateway import errors, events, keyspace, store
 from gateway.keyspace import AccountKeys
 from gateway.plans import DEFAULT_MAX_KEYS
-from gateway.store import Arg, Client, Scripts, fail_closed
+from gateway.store import Arg, Client, Scripts
 
 log = logging.getLogger("antex.limits")
 
@@ -380,9 +380,8 @@ class CreditLimiter:
             dedupe=f"{events.KEY_QUARANTINED}:{account_id}:{key_id}:{now}",
         )
         try:
-            with fail_closed():
-                await self._client.zadd(keyspace.QUARANTINE_INDEX, {f"{account_id}:{key_id}": now})
-        except errors.ServiceUnavailable:
+            await self._client.zadd(keyspace.QUARANTINE_INDEX, {f"{account_id}:{key_id}": now})
+        except store.OUTAGES:
             log.error("quarantine of key %s not indexed; it is still enforced", key_id)
 
     def charge(

@@ -17,7 +17,7 @@ import orjson
 from gateway import keyspace
 from gateway.errors import ConfigError
 from gateway.keyspace import AccountKeys
-from gateway.store import Client, fail_closed
+from gateway.store import Client
 
 log = logging.getLogger("antex.plans")
 
@@ -102,15 +102,14 @@ def _limit_fields(plan: Plan) -> dict[str, str]:
 
 
 async def _all(client: Client) -> dict[str, Plan]:
-    with fail_closed():
+    raw = await cast(Awaitable[dict[Any, Any]], client.hgetall(keyspace.PLANS))
+    if not raw:
+        # First start: seed the defaults. HSETNX keeps an operator's concurrent edit.
+        pipe = client.pipeline(transaction=False)
+        for plan in DEFAULT_PLANS:
+            pipe.hsetnx(keyspace.PLANS, plan.name, plan.to_json())
+        await pipe.execute()
         raw = await cast(Awaitable[dict[Any, Any]], client.hgetall(keyspace.PLANS))
-        if not raw:
-            # First start: seed the defaults. HSETNX keeps an operator's concurrent edit.
-            pipe = client.pipeline(transaction=False)
-            for plan in DEFAULT_PLANS:
-                pipe.hsetnx(keyspace.PLANS, plan.name, plan.to_json())
-            await pipe.execute()
-            raw = await cast(Awaitable[dict[Any, Any]], client.hgetall(keyspace.PLANS))
     plans = (Plan.from_json(data) for data in raw.values())
     return {plan.name: plan for plan in plans}
 
@@ -132,16 +131,15 @@ async def set_plan(client: Client, plan: Plan) -> int:
     await _all(client)  # seeds the defaults first, so an edit is not overwritten by them
     fields = _limit_fields(plan)
     updated = 0
-    with fail_closed():
-        await cast(Awaitable[int], client.hset(keyspace.PLANS, plan.name, plan.to_json()))
-        batch: list[str] = []
-        async for member in client.sscan_iter(keyspace.ACCOUNTS, count=_BATCH):
-            batch.append(member.decode() if isinstance(member, bytes) else str(member))
-            if len(batch) >= _BATCH:
-                updated += await _propagate(client, batch, plan.name, fields)
-                batch = []
-        if batch:
+    await cast(Awaitable[int], client.hset(keyspace.PLANS, plan.name, plan.to_json()))
+    batch: list[str] = []
+    async for member in client.sscan_iter(keyspace.ACCOUNTS, count=_BATCH):
+        batch.append(member.decode() if isinstance(member, bytes) else str(member))
+        if len(batch) >= _BATCH:
             updated += await _propagate(client, batch, plan.name, fields)
+            batch = []
+    if batch:
+        updated += await _propagate(client, batch, plan.name, fields)
     log.info("plan %s saved; limits copied into %d accounts", plan.name, updated)
     return updated
 

@@ -22,7 +22,7 @@ from gateway.errors import ConfigError
 from gateway.observability import fresh_metrics_dir
 from gateway.plans import list_plans
 from gateway.secretbox import load_master_key
-from gateway.valkey_client import open_client
+from gateway.store import open_client
 
 log = logging.getLogger("antex.serve")
 

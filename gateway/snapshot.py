@@ -20,7 +20,6 @@ from valkey.exceptions import WatchError
 
 from gateway import audit, keyspace, upstream_store
 from gateway.errors import InvalidRequest
-from gateway.store import fail_closed
 
 FORMAT = "antex-snapshot"
 VERSION = 1
@@ -91,43 +90,42 @@ async def _account_records(client: avalkey.Valkey, account_id: str) -> list[dict
 
 async def export(client: avalkey.Valkey) -> AsyncIterator[bytes]:
     """The snapshot, line by line."""
-    with fail_closed():
-        yield line({"type": "snapshot", "format": FORMAT, "version": VERSION})
-        plans = _map(await client.hgetall(keyspace.PLANS))
-        for name in sorted(plans):
-            yield line({"type": "plan", "name": name, "plan": orjson.loads(plans[name])})
-        # The pool: each upstream's configuration with its key still sealed (restoring it
-        # needs the same master key: ANTEX_SECRET_KEY or the data dir's secret.key).
-        members = {_s(i) for i in await client.smembers(upstream_store.IDS)}
-        for upstream_id in sorted(members | {upstream_store.ENV_ID}):
-            fields = _map(await client.hgetall(upstream_store.record_key(upstream_id)))
-            if fields:
-                yield line({"type": "upstream", "id": upstream_id, "pooled":
-                            upstream_id in members, "fields": fields})  # fmt: skip
-        tokens = _map(await client.hgetall(keyspace.ADMIN_TOKENS))
-        for digest in sorted(tokens):
-            yield line(
-                {"type": "admin_token", "digest": digest, "meta": orjson.loads(tokens[digest])}
-            )
-        ids = sorted({_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=1000)})
-        for account_id in ids:
-            for record in await _account_records(client, account_id):
-                yield line(record)
-        for kind, zset, field in (
-            ("quarantine", keyspace.QUARANTINE_INDEX, "member"),
-            ("deletion_request", keyspace.DELETION_REQUESTS, "account_id"),
-        ):
-            for member, score in await client.zrange(zset, 0, -1, withscores=True):
-                yield line({"type": kind, field: _s(member), "at_ms": int(score)})
-        done = _map(await client.hgetall(keyspace.DELETIONS_DONE))
-        for digest in sorted(done):
-            yield line(
-                {
-                    "type": "deletion_done",
-                    "email_sha256": digest,
-                    "record": orjson.loads(done[digest]),
-                }
-            )
+    yield line({"type": "snapshot", "format": FORMAT, "version": VERSION})
+    plans = _map(await client.hgetall(keyspace.PLANS))
+    for name in sorted(plans):
+        yield line({"type": "plan", "name": name, "plan": orjson.loads(plans[name])})
+    # The pool: each upstream's configuration with its key still sealed (restoring it
+    # needs the same master key: ANTEX_SECRET_KEY or the data dir's secret.key).
+    members = {_s(i) for i in await client.smembers(upstream_store.IDS)}
+    for upstream_id in sorted(members | {upstream_store.ENV_ID}):
+        fields = _map(await client.hgetall(upstream_store.record_key(upstream_id)))
+        if fields:
+            yield line({"type": "upstream", "id": upstream_id, "pooled":
+                        upstream_id in members, "fields": fields})  # fmt: skip
+    tokens = _map(await client.hgetall(keyspace.ADMIN_TOKENS))
+    for digest in sorted(tokens):
+        yield line(
+            {"type": "admin_token", "digest": digest, "meta": orjson.loads(tokens[digest])}
+        )
+    ids = sorted({_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=1000)})
+    for account_id in ids:
+        for record in await _account_records(client, account_id):
+            yield line(record)
+    for kind, zset, field in (
+        ("quarantine", keyspace.QUARANTINE_INDEX, "member"),
+        ("deletion_request", keyspace.DELETION_REQUESTS, "account_id"),
+    ):
+        for member, score in await client.zrange(zset, 0, -1, withscores=True):
+            yield line({"type": kind, field: _s(member), "at_ms": int(score)})
+    done = _map(await client.hgetall(keyspace.DELETIONS_DONE))
+    for digest in sorted(done):
+        yield line(
+            {
+                "type": "deletion_done",
+                "email_sha256": digest,
+                "record": orjson.loads(done[digest]),
+            }
+        )
     for member, at_ms in await audit.all_entries(client):
         yield line({"type": "audit", "entry": member, "at_ms": at_ms})
 
@@ -140,8 +138,7 @@ async def restore(client: avalkey.Valkey, lines: Iterable[bytes]) -> dict[str, i
     """Writes a snapshot into an empty store; returns the count of records by type.
 
     Raises ``InvalidRequest`` when the store holds any key, or a line is not a record."""
-    with fail_closed():
-        existing = int(await client.dbsize())
+    existing = int(await client.dbsize())
     if existing:
         raise InvalidRequest(
             f"the store is not empty ({existing} keys); import only restores into an empty one"
@@ -163,10 +160,8 @@ async def restore(client: avalkey.Valkey, lines: Iterable[bytes]) -> dict[str, i
             raise InvalidRequest(f"line {number}: not a snapshot record ({exc})") from None
         counts[kind] = counts.get(kind, 0) + 1
         if len(pipe) >= 1000:
-            with fail_closed():
-                await pipe.execute()
-    with fail_closed():
-        await pipe.execute()
+            await pipe.execute()
+    await pipe.execute()
     await audit.restore(client, audit_entries)
     return counts
 

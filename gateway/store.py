@@ -1,7 +1,13 @@
-"""The Lua scripts of ``ratelimit_lua``: loaded once at start-up, called by SHA.
+"""The Valkey boundary: the client for ``ANTEX_VALKEY_URL``, the Lua scripts of
+``ratelimit_lua`` (all loaded at start-up, called by SHA) and the one outage mapping.
 
-This module is also the one place where Valkey connection failures become
-``errors.ServiceUnavailable``: limits are enforced in Valkey or not at all (fail closed).
+Limits are enforced in Valkey or not at all (fail closed): a Valkey outage raised anywhere
+below a route becomes ``errors.ServiceUnavailable`` (a 503 in the route's shape) in
+``gateway.edge``, through :func:`unavailable`; nothing needs to remember a guard.
+
+URLs: ``valkey://host:6379/0``, ``valkeys://…`` (TLS), ``unix:///path/valkey.sock`` (one
+server); ``valkey+cluster://host:6379`` (a Cluster, discovered from any seed node);
+``valkey+sentinel://s1:26379,s2:26379/mymaster`` (the primary named ``mymaster``).
 """
 
 from __future__ import annotations
@@ -14,23 +20,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeAlias, cast
+from urllib.parse import urlsplit
 
+import valkey.asyncio as avalkey
 import valkey.exceptions as vexc
 from valkey.asyncio import Valkey
 from valkey.asyncio.cluster import ValkeyCluster
+from valkey.asyncio.sentinel import Sentinel
 
-from gateway.errors import ServiceUnavailable
+from gateway.errors import AntexError, ConfigError, ServiceUnavailable
 
 log = logging.getLogger("antex.valkey")
 
 Client: TypeAlias = Valkey | ValkeyCluster
 Arg: TypeAlias = str | int
 
-SCRIPT_NAMES = ("admit", "settle", "usage", "key_failure")
+# Every operation script; window_frees.lua is only ever included into others.
+SCRIPT_NAMES = ("admit", "settle", "usage", "key_failure", "create_key", "release_key")
 
 # A cluster mid-failover, a replica promoted under us or a server out of memory is as
 # unusable as a dead socket. Script errors (bugs) are not in this list and stay loud.
-_UNAVAILABLE = (
+OUTAGES: tuple[type[Exception], ...] = (
     vexc.ConnectionError,
     vexc.TimeoutError,
     vexc.ClusterDownError,
@@ -41,16 +51,64 @@ _UNAVAILABLE = (
 )
 
 
+# What a caller that renders its own errors (the HTML pages, the CLI) catches.
+FAILURES: tuple[type[Exception], ...] = (AntexError, *OUTAGES)
+
+
+def unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The domain error for one of ``OUTAGES`` (logged by type: the message can name hosts)."""
+    log.warning("valkey unavailable: %s", type(exc).__name__)
+    err = ServiceUnavailable("The gateway's usage store is unreachable; retry shortly.")
+    err.__cause__ = exc
+    return err
+
+
+def domain_error(exc: BaseException) -> AntexError:
+    """``exc`` itself if it is a domain error, else (one of ``OUTAGES``) its 503."""
+    return exc if isinstance(exc, AntexError) else unavailable(exc)
+
+
 @contextmanager
 def fail_closed() -> Iterator[None]:
-    """Map Valkey outages to ``ServiceUnavailable``; use around every Valkey call."""
+    """Maps ``OUTAGES`` to ``ServiceUnavailable`` for callers that handle that error
+    themselves (admission, settlement); routes need no guard, the edge maps outages."""
     try:
         yield
-    except _UNAVAILABLE as exc:
-        log.warning("valkey unavailable: %s", exc)
-        raise ServiceUnavailable(
-            "The gateway's usage store is unreachable; retry shortly."
-        ) from exc
+    except OUTAGES as exc:
+        raise unavailable(exc) from exc
+
+
+def is_cluster(url: str) -> bool:
+    return url.startswith(("valkey+cluster://", "valkeys+cluster://"))
+
+
+def open_client(url: str, **options: Any) -> Any:
+    """The client for ``url``; every command-level option (e.g. decode_responses) passes on.
+    Raises ConfigError for an empty URL or a Sentinel URL without hosts or service."""
+    if is_cluster(url):
+        plain = url.replace("+cluster", "", 1)
+        options.pop("max_connections", None)
+        return ValkeyCluster.from_url(plain, **options)
+    if url.startswith(("valkey+sentinel://", "valkeys+sentinel://")):
+        parts = urlsplit(url)
+        service = parts.path.strip("/")
+        if not service or not parts.netloc:
+            raise ConfigError("ANTEX_VALKEY_URL: Sentinel URLs need hosts and a service name")
+        hosts = []
+        for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = hostport.partition(":")
+            hosts.append((host, int(port or 26379)))
+        sentinel = Sentinel(
+            hosts,
+            ssl=parts.scheme.startswith("valkeys"),
+            password=parts.password,
+            sentinel_kwargs={"password": parts.password} if parts.password else None,
+        )
+        options.pop("health_check_interval", None)
+        return sentinel.master_for(service, **options)
+    if not url:
+        raise ConfigError("ANTEX_VALKEY_URL is empty")
+    return avalkey.Valkey.from_url(url, **options)
 
 
 @dataclass(frozen=True, slots=True)

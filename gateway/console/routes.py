@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote
 
 from blacksheep import Application, Request, Response
 
-from gateway import accounts, audit, erasure, errors, upstream_store, wire
+from gateway import accounts, audit, erasure, errors, store, upstream_store, wire
 from gateway.clock import make_clock
 from gateway.console import views
 from gateway.console.sessions import SESSION_TTL_MS, ConsoleSessions, OperatorSession
@@ -137,7 +137,8 @@ class Console:
                     request, 403, "This form has expired or came from another site. "
                     "Go back, reload the page and try again.",
                 )  # fmt: skip
-            except errors.AntexError as exc:
+            except store.FAILURES as caught:
+                exc = store.domain_error(caught)
                 message = exc.message
                 if isinstance(exc, errors.ServiceUnavailable):
                     message = "The console cannot reach its data store. Try again shortly."
@@ -152,7 +153,7 @@ class Console:
     async def problem(self, request: Request, status: int, message: str) -> Response:
         try:
             visit = await self.visit(request)
-        except errors.AntexError:
+        except store.FAILURES:
             visit = Visit("", False, None, "")
         return self.html(
             request, visit, "error.html", {"status": status, "message": message, "title": "Error"},

@@ -17,7 +17,6 @@ from blacksheep import Request, Response
 from gateway import admin_tokens, keyspace
 from gateway.config import IPNetwork
 from gateway.dashboard.sessions import digest, new_token, over_tls
-from gateway.store import fail_closed
 
 COOKIE = "antex_console"
 COOKIE_PATH = "/admin/console"
@@ -53,43 +52,39 @@ class ConsoleSessions:
     async def load(self, token: str | None) -> OperatorSession | None:
         if token is None:
             return None
-        with fail_closed():
-            raw = await self._client.hmget(
-                SESSION_PREFIX + digest(token), "op", "name", "scope", "expires"
-            )
-            op, name, scope, expires = raw
-            if op is None or expires is None or int(_text(expires)) <= self._clock():
-                return None
-            # A revoked operator token ends every session it opened.
-            if not await self._client.hexists(keyspace.ADMIN_TOKENS, _text(op)):
-                return None
+        raw = await self._client.hmget(
+            SESSION_PREFIX + digest(token), "op", "name", "scope", "expires"
+        )
+        op, name, scope, expires = raw
+        if op is None or expires is None or int(_text(expires)) <= self._clock():
+            return None
+        # A revoked operator token ends every session it opened.
+        if not await self._client.hexists(keyspace.ADMIN_TOKENS, _text(op)):
+            return None
         return OperatorSession(token, _text(name), _text(scope), int(_text(expires)))
 
     async def create(self, operator_token: str) -> OperatorSession | None:
         """A session for a valid operator token, else None."""
-        with fail_closed():
-            meta = await admin_tokens.check_token(self._client, operator_token)
+        meta = await admin_tokens.check_token(self._client, operator_token)
         if meta is None:
             return None
         token = new_token()
         expires = self._clock() + SESSION_TTL_MS
         name, scope = str(meta.get("name", "operator")), str(meta.get("scope", "full"))
         key = SESSION_PREFIX + digest(token)
-        with fail_closed():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hset(
-                key,
-                mapping={"op": admin_tokens.digest(operator_token), "name": name,
-                         "scope": scope, "expires": str(expires)},
-            )  # fmt: skip
-            pipe.pexpire(key, SESSION_TTL_MS)
-            await pipe.execute()
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={"op": admin_tokens.digest(operator_token), "name": name,
+                     "scope": scope, "expires": str(expires)},
+        )  # fmt: skip
+        pipe.pexpire(key, SESSION_TTL_MS)
+        await pipe.execute()
         return OperatorSession(token, name, scope, expires)
 
     async def destroy(self, token: str | None) -> None:
         if token is not None:
-            with fail_closed():
-                await self._client.delete(SESSION_PREFIX + digest(token))
+            await self._client.delete(SESSION_PREFIX + digest(token))
 
     def set_cookie(self, request: Request, response: Response, token: str, max_age: int) -> None:
         """``max_age`` in seconds; -1 for a browser-session cookie, 0 to delete it.

@@ -12,7 +12,6 @@ import secrets
 from typing import Any
 
 from gateway import keyspace
-from gateway.store import fail_closed
 
 # Global, untagged: one random secret shared by every worker and node.
 SECRET_KEY = f"{keyspace.PREFIX}:dash:csrf_secret"
@@ -27,9 +26,8 @@ class Csrf:
     async def _key(self) -> bytes:
         if self._secret is None:
             mine = secrets.token_hex(32)
-            with fail_closed():
-                # SET NX GET: the first worker wins and every other one reads its value.
-                found = await self._client.set(SECRET_KEY, mine, nx=True, get=True)
+            # SET NX GET: the first worker wins and every other one reads its value.
+            found = await self._client.set(SECRET_KEY, mine, nx=True, get=True)
             raw = mine if found is None else found
             self._secret = raw.encode() if isinstance(raw, str) else bytes(raw)
         return self._secret

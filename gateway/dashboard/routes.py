@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from blacksheep import Application, Content, Request, Response
 
-from gateway import accounts, errors, wire
+from gateway import accounts, errors, store, wire
 from gateway.clock import make_clock
 from gateway.dashboard import signin, views
 from gateway.dashboard.csrf import FIELD as CSRF_FIELD
@@ -139,7 +139,8 @@ class Dashboard:
                     request, 403, "This form has expired or came from another site. "
                     "Go back, reload the page and try again.",
                 )  # fmt: skip
-            except errors.AntexError as exc:
+            except store.FAILURES as caught:
+                exc = store.domain_error(caught)
                 status = wire.status_of(exc)
                 if isinstance(exc, errors.ServiceUnavailable):
                     message = "The dashboard cannot reach its data store. Try again shortly."
@@ -156,7 +157,7 @@ class Dashboard:
     async def problem(self, request: Request, status: int, message: str) -> Response:
         try:
             visit = await self.visit(request)
-        except errors.AntexError:
+        except store.FAILURES:
             visit = Visit("", False, None, "")
         account = None
         if visit.session is not None:
@@ -234,8 +235,8 @@ class Dashboard:
             if account_id is None:
                 return
             link = await signin.issue_link(self.client, account_id, self.base_url, self.clock())
-        except errors.AntexError as exc:
-            log.error("sign-in link not issued: %s", exc.message)
+        except store.FAILURES as exc:
+            log.error("sign-in link not issued: %s", store.domain_error(exc).message)
             return
         await self.mailer.deliver(email, link)
 

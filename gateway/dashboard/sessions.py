@@ -20,7 +20,6 @@ from blacksheep.cookies import Cookie, CookieSameSiteMode
 
 from gateway import keyspace
 from gateway.config import IPNetwork
-from gateway.store import fail_closed
 
 COOKIE = "antex_session"
 COOKIE_PATH = "/dashboard"
@@ -83,8 +82,7 @@ class Sessions:
     async def load(self, token: str | None) -> Session | None:
         if token is None:
             return None
-        with fail_closed():
-            raw = await self._client.hmget(SESSION_PREFIX + digest(token), "account", "expires")
+        raw = await self._client.hmget(SESSION_PREFIX + digest(token), "account", "expires")
         account, expires = raw
         if account is None or expires is None:
             return None
@@ -98,22 +96,20 @@ class Sessions:
         now = self._clock()
         expires = now + SESSION_TTL_MS
         key = SESSION_PREFIX + digest(token)
-        with fail_closed():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hset(
-                key, mapping={"account": account_id, "created": str(now), "expires": str(expires)}
-            )
-            # Valkey's own expiry only collects garbage; ``expires`` against the injectable
-            # clock decides validity.
-            pipe.pexpire(key, SESSION_TTL_MS)
-            await pipe.execute()
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(
+            key, mapping={"account": account_id, "created": str(now), "expires": str(expires)}
+        )
+        # Valkey's own expiry only collects garbage; ``expires`` against the injectable
+        # clock decides validity.
+        pipe.pexpire(key, SESSION_TTL_MS)
+        await pipe.execute()
         return Session(token, account_id, expires)
 
     async def destroy(self, token: str | None) -> None:
         if token is None:
             return
-        with fail_closed():
-            await self._client.delete(SESSION_PREFIX + digest(token))
+        await self._client.delete(SESSION_PREFIX + digest(token))
 
     def set_cookie(
         self, request: Request, response: Response, token: str, *, persist: bool

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway import keyspace
-from gateway.store import fail_closed
 
 LINK_PREFIX = f"{keyspace.PREFIX}:dash:link:"  # + sha256(token) -> "<account id> <expires ms>"
 RATE_PREFIX = f"{keyspace.PREFIX}:dash:signin:"  # + "email:<sha256>" | "ip:<ip tag>" -> count
@@ -48,10 +47,9 @@ def link_url(base_url: str, token: str) -> str:
 async def issue_link(client: Any, account_id: str, base_url: str, now_ms: int) -> str:
     """Stores a new single-use link for ``account_id`` and returns its URL (never logged)."""
     token = secrets.token_urlsafe(32)
-    with fail_closed():
-        await client.set(
-            LINK_PREFIX + _digest(token), f"{account_id} {now_ms + LINK_TTL_MS}", px=_LINK_GC_MS
-        )
+    await client.set(
+        LINK_PREFIX + _digest(token), f"{account_id} {now_ms + LINK_TTL_MS}", px=_LINK_GC_MS
+    )
     return link_url(base_url, token)
 
 
@@ -71,15 +69,13 @@ def plausible(token: str | None) -> bool:
 async def peek(client: Any, token: str, now_ms: int) -> str | None:
     """The account a link would sign in to, without using it up (mail scanners fetch
     links; only the confirming POST redeems)."""
-    with fail_closed():
-        raw = await client.get(LINK_PREFIX + _digest(token))
+    raw = await client.get(LINK_PREFIX + _digest(token))
     return _valid(raw, now_ms)
 
 
 async def redeem(client: Any, token: str, now_ms: int) -> str | None:
     """Uses the link up whatever its state: an expired link is deleted as well."""
-    with fail_closed():
-        raw = await client.getdel(LINK_PREFIX + _digest(token))
+    raw = await client.getdel(LINK_PREFIX + _digest(token))
     return _valid(raw, now_ms)
 
 
@@ -87,15 +83,14 @@ async def over_limit(client: Any, email: str, ip_tag: str, limits: SigninLimits)
     """Counts one sign-in request; returns the seconds to wait when over a limit."""
     email_key = f"{RATE_PREFIX}email:{_digest(email)}"
     ip_key = f"{RATE_PREFIX}ip:{ip_tag}"
-    with fail_closed():
-        pipe = client.pipeline(transaction=True)
-        pipe.incr(email_key)
-        pipe.pexpire(email_key, limits.email_period_ms, nx=True)
-        pipe.pttl(email_key)
-        pipe.incr(ip_key)
-        pipe.pexpire(ip_key, limits.ip_period_ms, nx=True)
-        pipe.pttl(ip_key)
-        email_n, _, email_ttl, ip_n, _, ip_ttl = await pipe.execute()
+    pipe = client.pipeline(transaction=True)
+    pipe.incr(email_key)
+    pipe.pexpire(email_key, limits.email_period_ms, nx=True)
+    pipe.pttl(email_key)
+    pipe.incr(ip_key)
+    pipe.pexpire(ip_key, limits.ip_period_ms, nx=True)
+    pipe.pttl(ip_key)
+    email_n, _, email_ttl, ip_n, _, ip_ttl = await pipe.execute()
     waits = []
     if int(email_n) > limits.per_email:
         waits.append(int(email_ttl))

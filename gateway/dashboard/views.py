@@ -16,7 +16,6 @@ from gateway import accounts, keyspace
 from gateway.dashboard import charts
 from gateway.limits import CreditLimiter, usage_body
 from gateway.plans import DEFAULT_MAX_KEYS, list_plans
-from gateway.store import fail_closed
 
 RECENT_REQUESTS = 25
 DELETION_REQUESTS = keyspace.DELETION_REQUESTS
@@ -56,27 +55,24 @@ class Window:
 
 
 async def account_of(client: Any, account_id: str) -> dict[str, str]:
-    with fail_closed():
-        return await accounts.get_account(client, account_id)
+    return await accounts.get_account(client, account_id)
 
 
 async def _key_names(client: Any, account_id: str) -> dict[str, dict[str, Any]]:
-    with fail_closed():
-        return {k["key_id"]: k for k in await accounts.list_keys(client, account_id)}
+    return {k["key_id"]: k for k in await accounts.list_keys(client, account_id)}
 
 
 async def _key_labels(client: Any, account_id: str) -> dict[str, str]:
     """Key id -> name in two round trips whatever the number of keys (the usage page
     needs names only; list_keys reads every key's whole record one by one)."""
     ak = keyspace.AccountKeys(account_id)
-    with fail_closed():
-        ids = sorted(_text(k) for k in await client.smembers(ak.keys))
-        if not ids:
-            return {}
-        pipe = client.pipeline(transaction=False)
-        for key_id in ids:
-            pipe.hget(ak.key(key_id), "name")
-        names = await pipe.execute()
+    ids = sorted(_text(k) for k in await client.smembers(ak.keys))
+    if not ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for key_id in ids:
+        pipe.hget(ak.key(key_id), "name")
+    names = await pipe.execute()
     return {key_id: _text(n) for key_id, n in zip(ids, names, strict=True) if n is not None}
 
 
@@ -100,11 +96,10 @@ async def usage_page(
     period_end = _int(account.get("period_end_ms")) or None
     body = usage_body(view, account.get("plan"), period_end)
     ak = keyspace.AccountKeys(account_id)
-    with fail_closed():
-        pipe = client.pipeline(transaction=False)
-        pipe.xrevrange(ak.log, count=RECENT_REQUESTS)
-        pipe.hgetall(ak.daily)
-        log_entries, daily = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.xrevrange(ak.log, count=RECENT_REQUESTS)
+    pipe.hgetall(ak.daily)
+    log_entries, daily = await pipe.execute()
     names = await _key_labels(client, account_id)
     recent = []
     for _entry_id, fields in log_entries:
@@ -194,9 +189,8 @@ def _ratio(value: int, base: int) -> str:
 
 
 async def plans_page(client: Any, account_id: str, account: dict[str, str]) -> dict[str, Any]:
-    with fail_closed():
-        plans = await list_plans(client)
-        requested = await client.zscore(DELETION_REQUESTS, account_id)
+    plans = await list_plans(client)
+    requested = await client.zscore(DELETION_REQUESTS, account_id)
     limit_5h = _int(account.get("limit_5h"))
     limit_7d = _int(account.get("limit_7d"))
     catalog = [
@@ -233,13 +227,12 @@ async def request_deletion(
 ) -> None:
     """Records the request for the operator; nothing is deleted here."""
     ak = keyspace.AccountKeys(account_id)
-    with fail_closed():
-        pipe = client.pipeline(transaction=False)
-        pipe.zadd(DELETION_REQUESTS, {account_id: now_ms}, nx=True)
-        pipe.xadd(
-            ak.events,
-            {"type": "deletion_requested", "at_ms": str(now_ms), "via": "dashboard"},
-            maxlen=limiter.settings.events_maxlen,
-            approximate=True,
-        )
-        await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(DELETION_REQUESTS, {account_id: now_ms}, nx=True)
+    pipe.xadd(
+        ak.events,
+        {"type": "deletion_requested", "at_ms": str(now_ms), "via": "dashboard"},
+        maxlen=limiter.settings.events_maxlen,
+        approximate=True,
+    )
+    await pipe.execute()

@@ -175,7 +175,7 @@ async def test_gateway_serves_and_bills_on_the_cluster(
 
     from gateway import accounts
     from gateway.embedded_valkey import free_port
-    from gateway.valkey_client import open_client
+    from gateway.store import open_client
     from tests.integration.conftest import ROOT, gateway_env, stop, wait_http
 
     url = f"valkey+cluster://127.0.0.1:{cluster_ports[0]}"
