@@ -52,14 +52,16 @@ async def fill(valkey_url: str, per_hour: int) -> tuple[str, str]:
     try:
         await list_plans(client)
         email = f"heavy-{os.getpid()}@bench.test"
-        account_id = await accounts.create_account(client, email, "max")
+        account_id = await accounts.create_account(client, email, "max", now_ms=system_clock())
         scripts = Scripts()
         await scripts.load(client)
         now = [system_clock() - WEEK_MS]
         limiter = CreditLimiter(client, scripts, lambda: now[0])
         key_ids = []
         for i in range(KEYS):
-            created = await accounts.create_key(client, account_id, f"machine-{i}", rounds=4)
+            created = await accounts.create_key(
+                client, account_id, f"machine-{i}", rounds=4, now_ms=system_clock()
+            )
             key_ids.append(created.key_id)
             for ip in (f"10.0.{i}.1", f"10.0.{i}.2"):
                 await limiter.admit(

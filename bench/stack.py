@@ -21,6 +21,7 @@ import valkey as syncvalkey
 import valkey.asyncio as avalkey
 
 from gateway import accounts
+from gateway.clock import system_clock
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.plans import Plan, list_plans, set_plan
 
@@ -361,9 +362,13 @@ async def create_customer(
     try:
         await list_plans(client)
         await set_plan(client, plan)
-        account_id = await accounts.create_account(client, email, plan.name)
+        account_id = await accounts.create_account(client, email, plan.name, now_ms=system_clock())
         made = [
-            (await accounts.create_key(client, account_id, f"bench{i}", rounds=rounds)).key
+            (
+                await accounts.create_key(
+                    client, account_id, f"bench{i}", rounds=rounds, now_ms=system_clock()
+                )
+            ).key
             for i in range(keys)
         ]
         return account_id, made

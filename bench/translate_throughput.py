@@ -30,6 +30,7 @@ import psutil
 import valkey.asyncio as avalkey
 
 from gateway import accounts
+from gateway.clock import system_clock
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.plans import Plan, set_plan
 
@@ -147,8 +148,12 @@ async def make_key(valkey_url: str) -> str:
     client = avalkey.Valkey.from_url(valkey_url)
     try:
         await set_plan(client, PLAN)
-        account = await accounts.create_account(client, "bench@example.test", PLAN.name)
-        return (await accounts.create_key(client, account, "bench", rounds=4)).key
+        account = await accounts.create_account(
+            client, "bench@example.test", PLAN.name, now_ms=system_clock()
+        )
+        return (
+            await accounts.create_key(client, account, "bench", rounds=4, now_ms=system_clock())
+        ).key
     finally:
         await client.aclose()
 

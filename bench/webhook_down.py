@@ -27,6 +27,7 @@ import orjson
 import valkey.asyncio as avalkey
 
 from gateway import accounts
+from gateway.clock import system_clock
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.plans import Plan, list_plans, set_plan
 
@@ -104,8 +105,16 @@ async def make_keys(url: str, plan: Plan, count: int) -> list[str]:
         keys = []
         for _ in range(count):
             email = f"{os.urandom(5).hex()}@bench.test"
-            account_id = await accounts.create_account(client, email, plan.name)
-            keys.append((await accounts.create_key(client, account_id, "b", rounds=4)).key)
+            account_id = await accounts.create_account(
+                client, email, plan.name, now_ms=system_clock()
+            )
+            keys.append(
+                (
+                    await accounts.create_key(
+                        client, account_id, "b", rounds=4, now_ms=system_clock()
+                    )
+                ).key
+            )
         return keys
     finally:
         await client.aclose()

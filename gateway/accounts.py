@@ -15,7 +15,6 @@ from typing import Any
 import valkey.asyncio as avalkey
 
 from gateway import keys, keyspace, netaddr
-from gateway.clock import system_clock
 from gateway.errors import InvalidRequest, KeyLimitReached, NotFound
 from gateway.limits import CreditLimiter, rfc3339, usage_body
 from gateway.plans import DEFAULT_MAX_KEYS, account_plan_fields, get_plan
@@ -86,7 +85,7 @@ async def require_account(client: avalkey.Valkey, email_or_id: str) -> str:
 
 
 async def create_account(
-    client: avalkey.Valkey, email: str, plan_name: str | None, *, now_ms: int | None = None
+    client: avalkey.Valkey, email: str, plan_name: str | None, *, now_ms: int
 ) -> str:
     """A new account on ``plan_name`` for one plan period, or without a plan (None): it can
     hold keys, and every request is refused until an operator assigns one."""
@@ -96,7 +95,7 @@ async def create_account(
         plan = await get_plan(client, plan_name)
         if plan is None:
             raise NotFound(f"no plan named {plan_name!r}")
-    now = system_clock() if now_ms is None else now_ms
+    now = now_ms
     account_id = secrets.token_hex(8)
     # SET NX on the email index makes concurrent creations of one email safe.
     if not await client.set(keyspace.email_key(email), account_id, nx=True):
@@ -293,7 +292,7 @@ async def create_key(
     name: str,
     *,
     rounds: int,
-    now_ms: int | None = None,
+    now_ms: int,
 ) -> CreatedKey:
     """A new active key; raises ``KeyLimitReached`` when the account already holds as many
     active keys as its plan allows (revoked keys do not count), ``NotFound`` without an
@@ -301,7 +300,7 @@ async def create_key(
     await get_account(client, account_id)
     key_id, secret, full = keys.new_key()
     hashed = await asyncio.to_thread(keys.hash_secret, secret, rounds)
-    now = system_clock() if now_ms is None else now_ms
+    now = now_ms
     ak = keyspace.AccountKeys(account_id)
     fields = {
         "hash": hashed,
@@ -399,14 +398,14 @@ async def _event(client: avalkey.Valkey, account_id: str, kind: str, **fields: s
 
 
 async def revoke_key(
-    client: avalkey.Valkey, account_id: str, key_id: str, *, now_ms: int | None = None
+    client: avalkey.Valkey, account_id: str, key_id: str, *, now_ms: int
 ) -> None:
     """Refused from the next request on, on every worker: admit.lua reads the status on each
     request, and the published id drops the key from every worker's auth cache."""
     ak = keyspace.AccountKeys(account_id)
     if not await client.sismember(ak.keys, key_id):
         raise NotFound(f"no key {key_id!r} on this account")
-    now = system_clock() if now_ms is None else now_ms
+    now = now_ms
     await client.hset(ak.key(key_id), mapping={"status": "revoked", "revoked_ms": str(now)})
     await client.publish(keyspace.INVALIDATE_CHANNEL, key_id)
     await client.zrem(keyspace.QUARANTINE_INDEX, f"{account_id}:{key_id}")
@@ -414,13 +413,13 @@ async def revoke_key(
 
 
 async def release_key(
-    client: avalkey.Valkey, account_id: str, key_id: str, *, now_ms: int | None = None
+    client: avalkey.Valkey, account_id: str, key_id: str, *, now_ms: int
 ) -> dict[str, Any]:
     """Lifts a quarantine; a key that is not quarantined (active, revoked) is refused."""
     ak = keyspace.AccountKeys(account_id)
     if not await client.sismember(ak.keys, key_id):
         raise NotFound(f"no key {key_id!r} on this account")
-    now = system_clock() if now_ms is None else now_ms
+    now = now_ms
     raw = await _SCRIPTS.call(
         client,
         "release_key",
@@ -474,7 +473,7 @@ async def unbind_ips(
     key_id: str,
     ip: str | None,
     *,
-    now_ms: int | None = None,
+    now_ms: int,
 ) -> list[str]:
     """Frees one bound IP (``ip``) or all of them (None); the next new IP binds again."""
     await get_key(client, account_id, key_id)
@@ -490,7 +489,7 @@ async def unbind_ips(
     # A freed slot settles the addresses refused for want of one.
     await _forget_refused(client, account_id, key_id)
     if removed:
-        now = system_clock() if now_ms is None else now_ms
+        now = now_ms
         await _event(
             client, account_id, "ip_unbound", key_id=key_id, at_ms=str(now), ips=",".join(removed)
         )
@@ -593,7 +592,7 @@ async def list_flagged(client: avalkey.Valkey) -> list[dict[str, Any]]:
 
 
 async def clear_flag(
-    client: avalkey.Valkey, account_id: str, *, now_ms: int | None = None
+    client: avalkey.Valkey, account_id: str, *, now_ms: int
 ) -> dict[str, Any]:
     """The operator looked at a key-sharing flag: it goes, and so do the networks counted so
     far, or the next new network would raise it again."""
@@ -603,7 +602,7 @@ async def clear_flag(
     ak = keyspace.AccountKeys(account_id)
     await client.hdel(ak.account, "shared_flag_ms", "shared_flag_reason")
     await client.delete(ak.networks)
-    now = system_clock() if now_ms is None else now_ms
+    now = now_ms
     await _event(client, account_id, "flag_cleared", at_ms=str(now))
     return account_view(await get_account(client, account_id), now)
 

@@ -26,7 +26,6 @@ from gateway import (
 )
 from gateway import admin_models as m
 from gateway.admin_routes import ROUTES, Route
-from gateway.clock import make_clock
 from gateway.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -40,7 +39,7 @@ from gateway.routes import json_response
 from gateway.secretbox import SecretBox, load_master_key
 
 if TYPE_CHECKING:
-    from gateway.app import Resources
+    from gateway.resources import Resources
 
 log = logging.getLogger("antex.admin")
 
@@ -109,7 +108,7 @@ class AdminApi:
         self.retention_days = res.settings.audit_retention_days
         self.default_plan = res.settings.default_plan
         # The limiter's clock (tests move it), so periods line up with what admit.lua sees.
-        self.now = make_clock(res.settings.clock_file)
+        self.now = res.clock
         self.settings = res.settings
 
     async def authorize(self, request: Request) -> dict[str, Any]:

@@ -11,11 +11,11 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from blacksheep import Application, Content, Request, Response
@@ -28,9 +28,6 @@ from gateway import __version__, errors
 from gateway.edge import route_template
 from gateway.pool_metrics import PoolMetrics
 from gateway.usage import Usage
-
-if TYPE_CHECKING:
-    from gateway.app import Resources
 
 access = logging.getLogger("antex.access")
 
@@ -390,22 +387,24 @@ def access_log(request_id: str, account_id: str, record: dict[str, Any]) -> None
         access.info("access", extra={"fields": fields})
 
 
-_ErrorHandler = Callable[[Application, Request, errors.AntexError], Awaitable[Response]]
+ErrorObserver = Callable[[Application, Request, errors.AntexError, Response], None]
 
 
-def _count_error_responses(app: Application, res: Resources) -> None:
-    """Wraps the app's one domain-error handler: counts every error answer, Valkey outages
-    among them, and logs refusals (401/403/429/400/503) that never reached the pipeline's
-    billed line. Only the error type is logged: messages can quote the client's input."""
-    inner: _ErrorHandler = app.exceptions_handlers[errors.AntexError]
-    metrics, pipeline = res.metrics, res.pipeline
+def error_observer(
+    metrics: Metrics, client_tag: Callable[[Request], str], on_outage: Callable[[], None]
+) -> ErrorObserver:
+    """What the app's one domain-error handler calls with each error answer: counts it,
+    Valkey outages among them, and logs refusals (401/403/429/400/503) that never reached
+    the pipeline's billed line. Only the error type is logged: messages can quote the
+    client's input."""
 
-    async def observed(app_: Application, request: Request, exc: errors.AntexError) -> Response:
-        response = await inner(app_, request, exc)
+    def observed(
+        app_: Application, request: Request, exc: errors.AntexError, response: Response
+    ) -> None:
         metrics.error_response(response.status, exc.code)
         if isinstance(exc, errors.ServiceUnavailable):
             metrics.valkey_error()
-            res.alerts.valkey_error("request")
+            on_outage()
         # An upstream failure after admission already has its billed line from finish().
         if not isinstance(exc, errors.UpstreamFailed) and access.isEnabledFor(logging.INFO):
             rid = response.get_first_header(b"request-id")
@@ -413,16 +412,15 @@ def _count_error_responses(app: Application, res: Resources) -> None:
                 "request_id": rid.decode() if rid else None,
                 "method": request.method,
                 "path": route_template(app_, request),
-                "ip_tag": pipeline.client_tag(request),
+                "ip_tag": client_tag(request),
                 "status": response.status,
                 "error_type": exc.code,
             }
             if isinstance(exc, errors.RateLimited):
                 fields["window"] = exc.scope
             access.info("access", extra={"fields": fields})
-        return response
 
-    app.exceptions_handlers[errors.AntexError] = observed
+    return observed
 
 
 def _bearer(request: Request) -> bytes:
@@ -430,17 +428,14 @@ def _bearer(request: Request) -> bytes:
     return auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
 
 
-def register(app: Application, res: Resources) -> None:
-    """``GET /metrics`` plus the hooks that feed it. Call after the error handler is set.
+def register(app: Application, metrics: Metrics) -> None:
+    """``GET /metrics`` plus the hooks that feed it (error answers: ``error_observer``).
 
     /metrics needs no API key: keep it off the public listener (bind Antex privately or
     block the path at the proxy), or set ANTEX_METRICS_TOKEN to require that bearer token.
     """
-    metrics = res.metrics
     raw_token = os.environ.get(TOKEN_ENV) or ""
     token = raw_token.encode() if raw_token else None
-    res.auth.on_cache_lookup = metrics.auth_lookup
-    _count_error_responses(app, res)
 
     async def serve_metrics(request: Request) -> Response:
         if token is not None and not hmac.compare_digest(_bearer(request), token):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from gateway import accounts, keyspace, layout, upstream_store
+from gateway.clock import make_clock
 from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.errors import ConfigError
@@ -81,13 +82,16 @@ async def _prepare(settings: Settings, demo: bool) -> str | None:
         await client.set(keyspace.PUBLIC_URL, settings.base_url)
         if not demo:
             return None
+        now_ms = make_clock(settings.clock_file)()
         account_id = await accounts.find_account(client, DEMO_EMAIL)
         if account_id is None:
-            account_id = await accounts.create_account(client, DEMO_EMAIL, settings.default_plan)
+            account_id = await accounts.create_account(
+                client, DEMO_EMAIL, settings.default_plan, now_ms=now_ms
+            )
         if await client.scard(keyspace.AccountKeys(account_id).keys):
             return None
         created = await accounts.create_key(
-            client, account_id, "demo", rounds=settings.bcrypt_rounds
+            client, account_id, "demo", rounds=settings.bcrypt_rounds, now_ms=now_ms
         )
         return created.key
     finally:

@@ -16,7 +16,6 @@ from urllib.parse import parse_qs, quote
 from blacksheep import Application, Request, Response
 
 from gateway import accounts, audit, erasure, errors, store, upstream_store, wire
-from gateway.clock import make_clock
 from gateway.console import views
 from gateway.console.sessions import SESSION_TTL_MS, ConsoleSessions, OperatorSession
 from gateway.dashboard.csrf import FIELD as CSRF_FIELD
@@ -28,7 +27,7 @@ from gateway.pipeline import asgi_content
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
 
 if TYPE_CHECKING:
-    from gateway.app import Resources
+    from gateway.resources import Resources
 
 BASE = "/admin/console"
 SIGNIN = f"{BASE}/signin"
@@ -76,7 +75,7 @@ class Console:
         s = res.settings
         self.res = res
         self.client = res.valkey
-        self.clock = make_clock(s.clock_file)
+        self.clock = res.clock
         self.sessions = ConsoleSessions(res.valkey, self.clock, s.trusted_proxies)
         self.csrf = Csrf(res.valkey)
         self.render = Renderer()

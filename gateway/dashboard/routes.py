@@ -18,7 +18,6 @@ from urllib.parse import parse_qs
 from blacksheep import Application, Content, Request, Response
 
 from gateway import accounts, errors, store, wire
-from gateway.clock import make_clock
 from gateway.dashboard import signin, views
 from gateway.dashboard.csrf import FIELD as CSRF_FIELD
 from gateway.dashboard.csrf import Csrf
@@ -28,7 +27,7 @@ from gateway.dashboard.sessions import Session, Sessions, new_token
 from gateway.pipeline import asgi_content
 
 if TYPE_CHECKING:
-    from gateway.app import Resources
+    from gateway.resources import Resources
 
 log = logging.getLogger("antex.dashboard")
 
@@ -60,7 +59,7 @@ class Dashboard:
         s = res.settings
         self.res = res
         self.client = res.valkey
-        self.clock = make_clock(s.clock_file)
+        self.clock = res.clock
         self.sessions = Sessions(res.valkey, self.clock, s.trusted_proxies)
         self.csrf = Csrf(res.valkey)
         self.render = Renderer()
@@ -341,8 +340,9 @@ class Dashboard:
             )  # fmt: skip
         try:
             created = await accounts.create_key(
-                self.client, account["id"], name, rounds=self.res.settings.bcrypt_rounds
-            )
+                self.client, account["id"], name,
+                rounds=self.res.settings.bcrypt_rounds, now_ms=self.clock(),
+            )  # fmt: skip
         except errors.KeyLimitReached as exc:
             return await self._keys_page(
                 request, visit, account, status=wire.status_of(exc), key_error=exc.message
@@ -379,7 +379,7 @@ class Dashboard:
             raise errors.NotFound("There is no such key on your account.")
         try:
             # revoke_key refuses ids outside this account's own key set.
-            await accounts.revoke_key(self.client, account["id"], key_id)
+            await accounts.revoke_key(self.client, account["id"], key_id, now_ms=self.clock())
         except errors.NotFound:
             raise errors.NotFound("There is no such key on your account.") from None
         return redirect(f"/dashboard/keys?revoked={key_id}")

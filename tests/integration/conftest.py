@@ -18,6 +18,7 @@ import pytest
 import valkey.asyncio as avalkey
 
 from gateway import accounts
+from gateway.clock import system_clock
 from gateway.embedded_valkey import free_port
 from gateway.plans import Plan, list_plans, set_plan
 
@@ -191,8 +192,10 @@ async def new_customer(
             await set_plan(client, plan)
             plan_name = plan.name
         email = f"{uuid.uuid4().hex[:10]}@example.test"
-        account_id = await accounts.create_account(client, email, plan_name)
-        created = await accounts.create_key(client, account_id, key_name, rounds=4)
+        account_id = await accounts.create_account(client, email, plan_name, now_ms=system_clock())
+        created = await accounts.create_key(
+            client, account_id, key_name, rounds=4, now_ms=system_clock()
+        )
         return Customer(account_id, created.key, created.key_id, email)
     finally:
         await client.aclose()

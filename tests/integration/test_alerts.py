@@ -15,6 +15,7 @@ import valkey.asyncio as avalkey
 
 from gateway import accounts, errors, events
 from gateway.alerts import QUEUE_SIZE, Alerts
+from gateway.clock import system_clock
 from gateway.config import Settings
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from gateway.limits import CreditLimiter, LimiterSettings
@@ -95,8 +96,12 @@ async def test_a_key_sharing_flag_reaches_the_webhook_once(
             key, key_id = customer.key, customer.key_id
             for n in (80, 81, 82):
                 assert post_from(url, key, f"127.0.0.{n}").status_code == 200
-                await accounts.revoke_key(client, customer.account_id, key_id)
-                made = await accounts.create_key(client, customer.account_id, "next", rounds=4)
+                await accounts.revoke_key(
+                    client, customer.account_id, key_id, now_ms=system_clock()
+                )
+                made = await accounts.create_key(
+                    client, customer.account_id, "next", rounds=4, now_ms=system_clock()
+                )
                 key, key_id = made.key, made.key_id
             delivery = receiver.wait_for(events.KEY_FLAGGED, {"account_id": customer.account_id})
             assert post_from(url, key, "127.0.0.83").status_code == 200  # a flag, not a lock

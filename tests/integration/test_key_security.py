@@ -23,6 +23,7 @@ import pytest
 import valkey.asyncio as avalkey
 
 from gateway import accounts, keyspace
+from gateway.clock import system_clock
 from gateway.embedded_valkey import free_port
 from gateway.plans import Plan
 from tests.integration.conftest import ROOT, Stack, gateway_env, new_customer, stop, wait_http
@@ -273,7 +274,9 @@ async def test_a_throttled_shared_address_still_lets_valid_keys_through(stack: S
 async def test_no_plan_expired_plan_and_cancelled_plan_are_refused(stack: Stack) -> None:
     client = avalkey.Valkey.from_url(stack.valkey_url)
     try:
-        no_plan = await accounts.create_account(client, f"np-{secrets.token_hex(4)}@t.test", None)
+        no_plan = await accounts.create_account(
+            client, f"np-{secrets.token_hex(4)}@t.test", None, now_ms=system_clock()
+        )
         expired = await accounts.create_account(
             client,
             f"ex-{secrets.token_hex(4)}@t.test",
@@ -281,7 +284,9 @@ async def test_no_plan_expired_plan_and_cancelled_plan_are_refused(stack: Stack)
             now_ms=server_now(stack) - 31 * accounts.DAY_MS,  # pro runs 30 days
         )
         keys = {
-            name: (await accounts.create_key(client, account_id, "k", rounds=4)).key
+            name: (
+                await accounts.create_key(client, account_id, "k", rounds=4, now_ms=system_clock())
+            ).key
             for name, account_id in (("none", no_plan), ("expired", expired))
         }
         cancelled = await new_customer(stack.valkey_url)

@@ -16,6 +16,7 @@ import pytest
 import valkey.asyncio as avalkey
 
 from gateway import accounts, keyspace, layout
+from gateway.clock import system_clock
 from gateway.embedded_valkey import EmbeddedValkey, free_port
 from tests.integration.conftest import ROOT, gateway_env, new_customer, run_gateway
 from tests.integration.ops_helpers import MESSAGE
@@ -54,7 +55,9 @@ async def write_version_1_store(url: str) -> tuple[str, str, str]:
     customer = await new_customer(url)
     client = avalkey.Valkey.from_url(url, decode_responses=True)
     try:
-        lost = await accounts.create_key(client, customer.account_id, "leaked", rounds=4)
+        lost = await accounts.create_key(
+            client, customer.account_id, "leaked", rounds=4, now_ms=system_clock()
+        )
         await client.hset(
             keyspace.AccountKeys(customer.account_id).key(lost.key_id),
             mapping={"status": "quarantined", "quarantine_reason": "test",

@@ -14,6 +14,7 @@ import valkey
 from valkey.asyncio.cluster import ValkeyCluster
 
 from gateway import errors, keyspace, plans
+from gateway.clock import system_clock
 from gateway.embedded_valkey import free_port, valkey_binary
 from gateway.keyspace import AccountKeys
 from gateway.limits import CreditLimiter
@@ -184,8 +185,10 @@ async def test_gateway_serves_and_bills_on_the_cluster(
         from gateway.plans import list_plans
 
         await list_plans(admin)
-        account_id = await accounts.create_account(admin, f"{uuid.uuid4().hex}@c.test", "pro")
-        created = await accounts.create_key(admin, account_id, "c", rounds=4)
+        account_id = await accounts.create_account(
+            admin, f"{uuid.uuid4().hex}@c.test", "pro", now_ms=system_clock()
+        )
+        created = await accounts.create_key(admin, account_id, "c", rounds=4, now_ms=system_clock())
     finally:
         await admin.aclose()
 

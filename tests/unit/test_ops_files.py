@@ -19,10 +19,10 @@ import valkey.asyncio as avalkey
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import SETTLE_DRAIN_S
 from gateway.config import Settings
 from gateway.embedded_valkey import free_port, valkey_binary
 from gateway.observability import Metrics
+from gateway.resources import SETTLE_DRAIN_S
 from gateway.store import Scripts
 from gateway.usage import Usage
 
