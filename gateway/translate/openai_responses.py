@@ -4,7 +4,6 @@ response (F.1, F.2, F.4); the stream lives in ``responses_stream``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import InvalidRequest, PreviousResponseNotFound
@@ -29,7 +28,11 @@ from gateway.translate.common import (
     user_metadata,
 )
 from gateway.translate.normalize import Message, drop_blank_text, normalize_messages
-from gateway.translate.responses_stream import ResponsesStreamTranslator, decode_reasoning
+from gateway.translate.responses_stream import (
+    ResponsesContext,
+    ResponsesStreamTranslator,
+    decode_reasoning,
+)
 
 __all__ = [
     "PreviousResponseNotFound",
@@ -47,29 +50,6 @@ _CUSTOM_SCHEMA = {"type": "object", "properties": {"input": {"type": "string"}},
                   "required": ["input"]}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
-
-
-@dataclass(frozen=True, slots=True)
-class ResponsesContext:
-    """What the response side needs from the request: names to map back and values to echo."""
-
-    model: str
-    custom_tools: frozenset[str] = frozenset()
-    # Anthropic tool name → (namespace, name) for tools flattened out of a namespace.
-    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # Sanitised tool-call id → the client's original id.
-    tool_ids: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    tools: list[Any] = field(default_factory=list)
-    tool_choice: Any = "auto"
-    parallel_tool_calls: bool = True
-    instructions: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    reasoning: dict[str, Any] | None = None
-    text: dict[str, Any] | None = None
-    store: bool = False
 
 
 def responses_request_to_anthropic(

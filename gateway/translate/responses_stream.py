@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -21,9 +21,6 @@ from gateway.translate.common import (
     reasoning_tokens,
     total_input,
 )
-
-if TYPE_CHECKING:
-    from gateway.translate.openai_responses import ResponsesContext
 
 # Our reasoning blobs: "antex1:" + urlsafe base64 of kind \n model \n payload. Bump the
 # version on any format change; blobs from other servers (or versions) are dropped on replay.
@@ -108,6 +105,29 @@ def _terminal(stop_reason: Any) -> tuple[str, dict[str, Any] | None, dict[str, A
         return "failed", None, {"code": "context_length_exceeded",
                                 "message": "The conversation exceeds the model's context window."}
     return "completed", None, None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesContext:
+    """What the response side needs from the request: names to map back and values to echo."""
+
+    model: str
+    custom_tools: frozenset[str] = frozenset()
+    # Anthropic tool name → (namespace, name) for tools flattened out of a namespace.
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Sanitised tool-call id → the client's original id.
+    tool_ids: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tools: list[Any] = field(default_factory=list)
+    tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
+    instructions: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    reasoning: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    store: bool = False
 
 
 @dataclass(slots=True)
