@@ -82,8 +82,6 @@ class Authenticator:
         # A bounded pool: a flood of wrong secrets can use these threads, never the loop.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
         self._on_bad_secret = on_bad_secret
-        self.hits = 0
-        self.misses = 0
         # Called with hit=True/False on every lookup; observability counts them per worker.
         self.on_cache_lookup: CacheLookupHook = _ignore_lookup
 
@@ -96,10 +94,8 @@ class Authenticator:
         digest = keys.cache_digest(presented)
         cached = self._cache.get(digest)
         if cached is not None:
-            self.hits += 1
             self.on_cache_lookup(True)
             return cached
-        self.misses += 1
         self.on_cache_lookup(False)
         if digest in self._rejected:
             raise AuthenticationFailed(_INVALID)

@@ -68,7 +68,6 @@ class LimiterSettings:
     # no-op. Longer than any retry or spool replay is expected to take; memory grows with
     # requests per this period (~100 bytes each).
     settled_ttl_ms: int = HOUR_MS
-    reserve_output_cap: int = 8192
     ip_quarantine_count: int = 3
     ip_quarantine_period_ms: int = 10 * MINUTE_MS
     failure_alert_count: int = 20

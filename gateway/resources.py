@@ -73,7 +73,6 @@ class Resources:
             self.scripts,
             self.clock,
             LimiterSettings(
-                reserve_output_cap=max(1, settings.reserve_output_cap),
                 ip_quarantine_count=settings.quarantine_ip_count,
                 ip_quarantine_period_ms=settings.quarantine_ip_period_s * 1000,
                 failure_alert_count=settings.quarantine_failures,
