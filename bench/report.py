@@ -353,7 +353,7 @@ def analysis(r: dict[str, Any]) -> list[str]:
         incl = p["gateway_inclusive"]
 
         def share(name: str) -> float:
-            return sum(v for k, v in incl.items() if k.startswith(name)) * 100
+            return float(sum(v for k, v in incl.items() if k.startswith(name))) * 100
 
         out.append(
             f"- **Where the extra gateway CPU goes** (py-spy, GIL samples): valkey-py client code "

@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             log("starting LiteLLM (slow to boot)")
             litellm = stack.start_litellm(logs, work, sim.url)
+            assert litellm is not None  # litellm_binary() found it just above
             services.append(litellm)
         antex = stack.start_antex(logs, work, valkey.url, sim.url)
         bare = stack.start_bare(logs, sim.url)

@@ -64,7 +64,7 @@ async def attacker(
             sent[0] += 1
 
 
-def p(values: list[float], q: float) -> float:
+def p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 2 else 0.0
 
 
