@@ -227,6 +227,16 @@ class CreditLimiter:
         self._scripts = scripts
         self._clock = clock
         self.settings = settings or LimiterSettings()
+        s = self.settings
+        # admit.lua's ARGV 7: the settings packed once, not ten arguments on every call.
+        self._admit_conf = ":".join(
+            str(v)
+            for v in (
+                s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms,
+                s.reservation_ttl_ms, s.ip_quarantine_period_ms, s.ip_quarantine_count,
+                s.events_maxlen, s.default_max_keys, s.sharing_period_ms,
+            )
+        )  # fmt: skip
         self._dropped_fields: set[str] = set()
         # The worker's alerts (set by the app): quarantines and window thresholds learnt
         # from the scripts' replies, so alerting costs no extra Valkey call per request.
@@ -252,7 +262,7 @@ class CreditLimiter:
     ) -> Admission:
         if request_id == "total":
             raise ValueError("request id 'total' is reserved")
-        k, s, now = _keys(account_id), self.settings, self._clock()
+        k, now = _keys(account_id), self._clock()
         estimate = 0 if check_only else max(0, estimate_mc)
         raw = await self._scripts.call(
             self._client,
@@ -262,13 +272,8 @@ class CreditLimiter:
                 k.window_5h_amounts, k.window_7d_amounts, k.inflight, k.reserved, k.events,
                 k.networks, k.settled,
             ],
-            [
-                now, request_id, estimate, ip_tag, int(check_only), key_id,
-                s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms,
-                s.reservation_ttl_ms, s.ip_quarantine_period_ms, s.ip_quarantine_count,
-                s.events_maxlen, s.default_max_keys, s.sharing_period_ms,
-            ],
-        )  # fmt: skip
+            [now, request_id, estimate, ip_tag, int(check_only), key_id, self._admit_conf],
+        )
         outcome = _str(raw[0])
         if outcome != "ok":
             await self._refuse(outcome, raw, now, account_id, key_id)

@@ -29,12 +29,12 @@ KEYS (all share the account's hash tag)
 ARGV
   1 now_ms              2 request_id (never "total")     3 estimate_mc (milli-credits)
   4 ip_tag              5 check_only (0|1)               6 key_id (for the event log)
-  7 window_5h_ms        8 bucket_5h_ms                   9 window_7d_ms
-  10 bucket_7d_ms       11 reservation_ttl_ms (the lease; renewed by settle.lua)
-  12 ip_deny_period_ms
-  13 ip_deny_threshold (distinct refused IPs)            14 events_maxlen (approximate)
-  15 default_max_keys (accounts whose plan snapshot predates the key cap)
-  16 sharing_period_ms
+  7 the limiter's settings, the same on every call, packed as ten integers joined by ":":
+    window_5h_ms : bucket_5h_ms : window_7d_ms : bucket_7d_ms
+    : reservation_ttl_ms (the lease; renewed by settle.lua) : ip_deny_period_ms
+    : ip_deny_threshold (distinct refused IPs) : events_maxlen (approximate)
+    : default_max_keys (accounts whose plan snapshot predates the key cap)
+    : sharing_period_ms
 RETURNS a flat array, first element the outcome:
   {"ok", ip_bound_now, flagged_now}                     check_only
   {"ok", ip_bound_now, used5, limit5, used7, limit7, reserved_total, in_flight, reservation,
@@ -59,14 +59,14 @@ local estimate = tonumber(ARGV[3])
 local ip = ARGV[4]
 local check_only = ARGV[5] == '1'
 local key_id = ARGV[6]
-local w5_ms, b5_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
-local w7_ms, b7_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
-local ttl_ms = tonumber(ARGV[11])
-local deny_period_ms = tonumber(ARGV[12])
-local deny_threshold = tonumber(ARGV[13])
-local events_maxlen = ARGV[14]
-local default_max_keys = tonumber(ARGV[15])
-local sharing_ms = tonumber(ARGV[16])
+local conf = {}
+for field in string.gmatch(ARGV[7], '[^:]+') do
+  conf[#conf + 1] = tonumber(field)
+end
+local w5_ms, b5_ms, w7_ms, b7_ms = conf[1], conf[2], conf[3], conf[4]
+local ttl_ms, deny_period_ms, deny_threshold = conf[5], conf[6], conf[7]
+local events_maxlen = tostring(conf[8])
+local default_max_keys, sharing_ms = conf[9], conf[10]
 
 --#include window_frees
 
@@ -76,11 +76,13 @@ local function int(n)
 end
 
 -- 1. The key.
+-- create_key.lua writes "status" with the key, so no status means no key (one command, not
+-- an EXISTS besides).
 local key = redis.call('HMGET', KEYS[2], 'status', 'quarantine_reason', 'extra_ip_slots')
-if redis.call('EXISTS', KEYS[2]) == 0 then
+local key_status = key[1]
+if not key_status then
   return {'revoked'}
 end
-local key_status = key[1] or 'active'
 if key_status == 'quarantined' then
   return {'quarantined', 0, key[2] or ''}
 end
