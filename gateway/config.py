@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.pool_state import PoolPolicy
@@ -89,141 +90,193 @@ def _webhook_secret(env: Mapping[str, str]) -> str | None:
     return secret
 
 
+def _env(name: str, kind: str = "str", minimum: int = 0, **extra: Any) -> dict[str, Any]:
+    """A field's metadata: the variable it is read from and how (see ``_parse``). An unset
+    or empty variable leaves the field's own default (``env_default`` overrides it)."""
+    return {"env": name, "kind": kind, "min": minimum, **extra}
+
+
+def _parse(env: Mapping[str, str], f: Field[Any], raw: str) -> Any:
+    meta = f.metadata
+    name, kind = meta["env"], meta["kind"]
+    if kind == "int":
+        return _int(env, name, 0, meta["min"])
+    if kind == "float":
+        return _float(env, name, 0.0)
+    if kind == "path":
+        return Path(raw)
+    if kind == "url":
+        # "/" alone: no URL (None where the setting is optional).
+        return raw.rstrip("/") or (None if f.default is None else "")
+    if kind == "choice":
+        return _choice(env, name, "", meta["choices"])
+    if kind == "switch":
+        return _choice(env, name, "off", ("off", "on")) == "on"
+    if kind == "networks":
+        return _networks(env, name)
+    if kind == "origins":
+        return _origins(env, name)
+    return raw
+
+
+def _env_default(f: Field[Any]) -> Any:
+    make = f.metadata.get("env_default")
+    return f.default if make is None else make()
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    data_dir: Path = Path("var")
-    valkey_url: str | None = None
-    upstream_url: str = "https://api.anthropic.com"
-    upstream_key: str | None = field(default=None, repr=False)
-    upstream_connect_timeout: float = 10.0
+    """Every setting, declared once: its type and default here, its ``ANTEX_*`` variable
+    and parsing in the field's metadata (``from_env`` reads them all)."""
+
+    host: str = field(default="127.0.0.1", metadata=_env("ANTEX_HOST"))
+    port: int = field(default=8080, metadata=_env("ANTEX_PORT", "int", 1))
+    workers: int = field(
+        default=1, metadata=_env("ANTEX_WORKERS", "int", 1, env_default=lambda: os.cpu_count() or 1)
+    )
+    data_dir: Path = field(default=Path("var"), metadata=_env("ANTEX_DATA_DIR", "path"))
+    valkey_url: str | None = field(default=None, metadata=_env("ANTEX_VALKEY_URL"))
+    upstream_url: str = field(
+        default="https://api.anthropic.com", metadata=_env("ANTEX_UPSTREAM_URL", "url")
+    )
+    upstream_key: str | None = field(
+        default=None, repr=False, metadata=_env("ANTEX_UPSTREAM_KEY")
+    )
+    upstream_connect_timeout: float = field(
+        default=10.0, metadata=_env("ANTEX_UPSTREAM_CONNECT_TIMEOUT", "float")
+    )
     # The pool: attempts per request, the time after which no new attempt starts, a stream's
     # wait for response headers, and the fallback cooldowns when no retry-after comes.
-    upstream_attempts: int = 3
-    upstream_retry_budget: float = 30.0
-    upstream_first_byte_timeout: float = 30.0
-    upstream_overload_cooldown: float = 5.0
-    upstream_breaker_failures: int = 3
-    upstream_breaker_open: float = 30.0
-    upstream_low_headroom: float = 0.05
+    upstream_attempts: int = field(default=3, metadata=_env("ANTEX_UPSTREAM_ATTEMPTS", "int", 1))
+    upstream_retry_budget: float = field(
+        default=30.0, metadata=_env("ANTEX_UPSTREAM_RETRY_BUDGET", "float")
+    )
+    upstream_first_byte_timeout: float = field(
+        default=30.0, metadata=_env("ANTEX_UPSTREAM_FIRST_BYTE_TIMEOUT", "float")
+    )
+    upstream_overload_cooldown: float = field(
+        default=5.0, metadata=_env("ANTEX_UPSTREAM_OVERLOAD_COOLDOWN", "float")
+    )
+    upstream_breaker_failures: int = field(
+        default=3, metadata=_env("ANTEX_UPSTREAM_BREAKER_FAILURES", "int", 1)
+    )
+    upstream_breaker_open: float = field(
+        default=30.0, metadata=_env("ANTEX_UPSTREAM_BREAKER_OPEN", "float")
+    )
+    upstream_low_headroom: float = field(
+        default=0.05, metadata=_env("ANTEX_UPSTREAM_LOW_HEADROOM", "float")
+    )
     # Master key sealing upstream keys in Valkey; None: <data_dir>/secret.key.
-    secret_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False, metadata=_env("ANTEX_SECRET_KEY"))
     # Idle time allowed between two upstream chunks; no total timeout (streams run minutes).
-    upstream_read_timeout: float = 300.0
+    upstream_read_timeout: float = field(
+        default=300.0, metadata=_env("ANTEX_UPSTREAM_READ_TIMEOUT", "float")
+    )
     # Wait for a non-streamed answer (and count_tokens): Anthropic allows such requests up
     # to 10 minutes, and Claude Code falls back to them after a stream error.
-    upstream_nonstream_timeout: float = 600.0
-    max_body_bytes: int = 2 * 1024 * 1024
+    upstream_nonstream_timeout: float = field(
+        default=600.0, metadata=_env("ANTEX_UPSTREAM_NONSTREAM_TIMEOUT", "float")
+    )
+    max_body_bytes: int = field(
+        default=2 * 1024 * 1024, metadata=_env("ANTEX_MAX_BODY_BYTES", "int", 1)
+    )
     # Deadlines, in seconds: the whole request body from the request's start; the request
     # line and headers of each request on a connection (granian's own timer); Valkey calls
     # on the hot path (connect and each socket read/write); /readyz's own answer.
-    body_read_timeout: float = 30.0
-    header_read_timeout: float = 10.0
-    valkey_timeout: float = 0.5
-    valkey_connect_timeout: float = 0.5
-    readyz_timeout: float = 1.0
+    body_read_timeout: float = field(
+        default=30.0, metadata=_env("ANTEX_BODY_READ_TIMEOUT", "float")
+    )
+    header_read_timeout: float = field(
+        default=10.0, metadata=_env("ANTEX_HEADER_READ_TIMEOUT", "float")
+    )
+    valkey_timeout: float = field(default=0.5, metadata=_env("ANTEX_VALKEY_TIMEOUT", "float"))
+    valkey_connect_timeout: float = field(
+        default=0.5, metadata=_env("ANTEX_VALKEY_CONNECT_TIMEOUT", "float")
+    )
+    readyz_timeout: float = field(default=1.0, metadata=_env("ANTEX_READYZ_TIMEOUT", "float"))
     # An operator's cap on max_tokens below the models' own output limits; None: the model's.
-    max_tokens_limit: int | None = None
+    max_tokens_limit: int | None = field(default=None, metadata=_env("ANTEX_MAX_TOKENS", "int", 1))
     # Origins allowed to call /v1/* from a browser; None: any (keys, not cookies, authenticate).
-    cors_origins: frozenset[str] | None = None
-    bcrypt_rounds: int = 10
-    auth_cache_ttl: float = 300.0
-    auth_cache_size: int = 100_000
-    trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
-    models_file: Path | None = None
-    default_plan: str = "pro"
-    log_level: str = "info"
-    log_format: str = "text"
+    cors_origins: frozenset[str] | None = field(
+        default=None, metadata=_env("ANTEX_CORS_ORIGINS", "origins")
+    )
+    bcrypt_rounds: int = field(default=10, metadata=_env("ANTEX_BCRYPT_ROUNDS", "int", 4))
+    auth_cache_ttl: float = field(default=300.0, metadata=_env("ANTEX_AUTH_CACHE_TTL", "float"))
+    auth_cache_size: int = field(
+        default=100_000, metadata=_env("ANTEX_AUTH_CACHE_SIZE", "int", 1)
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = field(
+        default=(), metadata=_env("ANTEX_TRUSTED_PROXIES", "networks")
+    )
+    models_file: Path | None = field(default=None, metadata=_env("ANTEX_MODELS_FILE", "path"))
+    default_plan: str = field(default="pro", metadata=_env("ANTEX_DEFAULT_PLAN"))
+    log_level: str = field(
+        default="info",
+        metadata=_env("ANTEX_LOG_LEVEL", "choice", choices=("debug", "info", "warning", "error")),
+    )
+    log_format: str = field(
+        default="text", metadata=_env("ANTEX_LOG_FORMAT", "choice", choices=("text", "json"))
+    )
     # Test hook: a file holding a millisecond offset added to the wall clock.
-    clock_file: Path | None = None
-    reserve_output_cap: int = 8192
+    clock_file: Path | None = field(default=None, metadata=_env("ANTEX_CLOCK_FILE", "path"))
+    reserve_output_cap: int = field(
+        default=8192, metadata=_env("ANTEX_RESERVE_OUTPUT_TOKENS", "int", 0)
+    )
     # Auto-quarantine: distinct refused (unbound) IPs within a period, wrong secrets within one.
-    quarantine_ip_count: int = 3
-    quarantine_ip_period_s: int = 600
-    quarantine_failures: int = 20
-    quarantine_failure_period_s: int = 300
-    simulator_port: int = 8090
-    public_url: str | None = None
-    smtp_url: str | None = None
-    smtp_sender: str = "antex@localhost"
-    plans_page_text: str = "Ask your operator to change plans or add IP slots."
-    audit_retention_days: int = 400
+    quarantine_ip_count: int = field(default=3, metadata=_env("ANTEX_QUARANTINE_IPS", "int", 1))
+    quarantine_ip_period_s: int = field(
+        default=600, metadata=_env("ANTEX_QUARANTINE_IPS_PERIOD", "int", 1)
+    )
+    quarantine_failures: int = field(
+        default=20, metadata=_env("ANTEX_QUARANTINE_FAILURES", "int", 1)
+    )
+    quarantine_failure_period_s: int = field(
+        default=300, metadata=_env("ANTEX_QUARANTINE_FAILURES_PERIOD", "int", 1)
+    )
+    simulator_port: int = field(default=8090, metadata=_env("ANTEX_SIMULATOR_PORT", "int", 0))
+    public_url: str | None = field(default=None, metadata=_env("ANTEX_PUBLIC_URL", "url"))
+    smtp_url: str | None = field(default=None, metadata=_env("ANTEX_SMTP_URL"))
+    smtp_sender: str = field(default="antex@localhost", metadata=_env("ANTEX_SMTP_SENDER"))
+    plans_page_text: str = field(
+        default="Ask your operator to change plans or add IP slots.",
+        metadata=_env("ANTEX_PLANS_TEXT"),
+    )
+    audit_retention_days: int = field(
+        default=400, metadata=_env("ANTEX_AUDIT_RETENTION_DAYS", "int", 1)
+    )
+    # Read from ANTEX_WEBHOOK_URL and ANTEX_WEBHOOK_URLS together (see from_env).
     webhook_urls: tuple[str, ...] = ()
-    webhook_secret: str | None = None
-    customer_notices: bool = False
+    webhook_secret: str | None = field(default=None, metadata=_env("ANTEX_WEBHOOK_SECRET"))
+    customer_notices: bool = field(
+        default=False, metadata=_env("ANTEX_CUSTOMER_NOTICES", "switch")
+    )
     # Reservation lease (s): renewed while the request runs, so only a dead worker's lapse.
-    reservation_ttl_s: int = 120
+    reservation_ttl_s: int = field(default=120, metadata=_env("ANTEX_RESERVATION_TTL", "int", 10))
     # Settlement batching: while other requests are in flight, a charge waits at most this
     # long (ms) for others to share its round trip; an idle worker settles at once.
-    settle_flush_ms: int = 25
+    settle_flush_ms: int = field(default=25, metadata=_env("ANTEX_SETTLE_FLUSH_MS", "int", 1))
     # A settle round trip unanswered this long (s) is retried (a repeat is a no-op).
-    settle_timeout_s: float = 5.0
+    settle_timeout_s: float = field(default=5.0, metadata=_env("ANTEX_SETTLE_TIMEOUT", "float"))
     # A stop waits this long for open requests, then for queued settlements.
-    drain_seconds: int = 30
+    drain_seconds: int = field(default=30, metadata=_env("ANTEX_DRAIN_SECONDS", "int", 1))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Raises ConfigError naming the variable of the first bad value."""
         e = os.environ if env is None else env
-        models_file = e.get("ANTEX_MODELS_FILE")
-        clock_file = e.get("ANTEX_CLOCK_FILE")
-        return cls(
-            host=e.get("ANTEX_HOST", "127.0.0.1") or "127.0.0.1",
-            port=_int(e, "ANTEX_PORT", 8080, 1),
-            workers=_int(e, "ANTEX_WORKERS", os.cpu_count() or 1, 1),
-            data_dir=Path(e.get("ANTEX_DATA_DIR", "var") or "var"),
-            valkey_url=e.get("ANTEX_VALKEY_URL") or None,
-            upstream_url=(e.get("ANTEX_UPSTREAM_URL") or "https://api.anthropic.com").rstrip("/"),
-            upstream_key=e.get("ANTEX_UPSTREAM_KEY") or None,
-            upstream_connect_timeout=_float(e, "ANTEX_UPSTREAM_CONNECT_TIMEOUT", 10.0),
-            upstream_attempts=_int(e, "ANTEX_UPSTREAM_ATTEMPTS", 3, 1),
-            upstream_retry_budget=_float(e, "ANTEX_UPSTREAM_RETRY_BUDGET", 30.0),
-            upstream_first_byte_timeout=_float(e, "ANTEX_UPSTREAM_FIRST_BYTE_TIMEOUT", 30.0),
-            upstream_overload_cooldown=_float(e, "ANTEX_UPSTREAM_OVERLOAD_COOLDOWN", 5.0),
-            upstream_breaker_failures=_int(e, "ANTEX_UPSTREAM_BREAKER_FAILURES", 3, 1),
-            upstream_breaker_open=_float(e, "ANTEX_UPSTREAM_BREAKER_OPEN", 30.0),
-            upstream_low_headroom=_float(e, "ANTEX_UPSTREAM_LOW_HEADROOM", 0.05),
-            secret_key=e.get("ANTEX_SECRET_KEY") or None,
-            upstream_read_timeout=_float(e, "ANTEX_UPSTREAM_READ_TIMEOUT", 300.0),
-            upstream_nonstream_timeout=_float(e, "ANTEX_UPSTREAM_NONSTREAM_TIMEOUT", 600.0),
-            max_body_bytes=_int(e, "ANTEX_MAX_BODY_BYTES", 2 * 1024 * 1024, 1),
-            body_read_timeout=_float(e, "ANTEX_BODY_READ_TIMEOUT", 30.0),
-            header_read_timeout=_float(e, "ANTEX_HEADER_READ_TIMEOUT", 10.0),
-            valkey_timeout=_float(e, "ANTEX_VALKEY_TIMEOUT", 0.5),
-            valkey_connect_timeout=_float(e, "ANTEX_VALKEY_CONNECT_TIMEOUT", 0.5),
-            readyz_timeout=_float(e, "ANTEX_READYZ_TIMEOUT", 1.0),
-            max_tokens_limit=_int(e, "ANTEX_MAX_TOKENS", 0, 1) or None,
-            cors_origins=_origins(e, "ANTEX_CORS_ORIGINS"),
-            bcrypt_rounds=_int(e, "ANTEX_BCRYPT_ROUNDS", 10, 4),
-            auth_cache_ttl=_float(e, "ANTEX_AUTH_CACHE_TTL", 300.0),
-            auth_cache_size=_int(e, "ANTEX_AUTH_CACHE_SIZE", 100_000, 1),
-            trusted_proxies=_networks(e, "ANTEX_TRUSTED_PROXIES"),
-            models_file=Path(models_file) if models_file else None,
-            default_plan=e.get("ANTEX_DEFAULT_PLAN", "pro") or "pro",
-            log_level=_choice(e, "ANTEX_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-            log_format=_choice(e, "ANTEX_LOG_FORMAT", "text", ("text", "json")),
-            clock_file=Path(clock_file) if clock_file else None,
-            reserve_output_cap=_int(e, "ANTEX_RESERVE_OUTPUT_TOKENS", 8192, 0),
-            quarantine_ip_count=_int(e, "ANTEX_QUARANTINE_IPS", 3, 1),
-            quarantine_ip_period_s=_int(e, "ANTEX_QUARANTINE_IPS_PERIOD", 600, 1),
-            quarantine_failures=_int(e, "ANTEX_QUARANTINE_FAILURES", 20, 1),
-            quarantine_failure_period_s=_int(e, "ANTEX_QUARANTINE_FAILURES_PERIOD", 300, 1),
-            simulator_port=_int(e, "ANTEX_SIMULATOR_PORT", 8090, 0),
-            public_url=(e.get("ANTEX_PUBLIC_URL") or "").rstrip("/") or None,
-            smtp_url=e.get("ANTEX_SMTP_URL") or None,
-            smtp_sender=e.get("ANTEX_SMTP_SENDER", "antex@localhost") or "antex@localhost",
-            plans_page_text=e.get("ANTEX_PLANS_TEXT")
-            or "Ask your operator to change plans or add IP slots.",
-            audit_retention_days=_int(e, "ANTEX_AUDIT_RETENTION_DAYS", 400, 1),
-            webhook_urls=_webhook_urls(e),
-            webhook_secret=_webhook_secret(e),
-            customer_notices=_choice(e, "ANTEX_CUSTOMER_NOTICES", "off", ("off", "on")) == "on",
-            reservation_ttl_s=_int(e, "ANTEX_RESERVATION_TTL", 120, 10),
-            settle_flush_ms=_int(e, "ANTEX_SETTLE_FLUSH_MS", 25, 1),
-            settle_timeout_s=_float(e, "ANTEX_SETTLE_TIMEOUT", 5.0),
-            drain_seconds=_int(e, "ANTEX_DRAIN_SECONDS", 30, 1),
-        )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata.get("env")
+            if name is None:
+                continue
+            raw = e.get(name)
+            if raw is None or raw == "":
+                values[f.name] = _env_default(f)
+            else:
+                values[f.name] = _parse(e, f, raw)
+        values["webhook_urls"] = _webhook_urls(e)
+        values["webhook_secret"] = _webhook_secret(e)
+        return cls(**values)
 
     def pool_policy(self) -> PoolPolicy:
         return PoolPolicy(
