@@ -15,10 +15,12 @@ from typing import Any
 import valkey.asyncio as avalkey
 
 from gateway import keys, keyspace, netaddr
+from gateway.clock import rfc3339
 from gateway.errors import InvalidRequest, KeyLimitReached, NotFound
-from gateway.limits import CreditLimiter, rfc3339, usage_body
+from gateway.limits import CreditLimiter
 from gateway.plans import DEFAULT_MAX_KEYS, account_plan_fields, get_plan
 from gateway.store import Scripts
+from gateway.wire import usage_body
 
 DAY_MS = 86_400_000
 # Counts an operator types (slots, days) stay far inside signed 32 bits.

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from gateway import keyspace
-from gateway.limits import rfc3339
+from gateway.clock import rfc3339
 from gateway.store import Client
 
 AUDIT = f"{keyspace.PREFIX}:audit"  # zset: entry JSON -> at ms

@@ -24,8 +24,7 @@ import valkey.asyncio as avalkey
 from cachetools import TTLCache
 
 from gateway import keys, keyspace
-from gateway.errors import AuthenticationFailed
-from gateway.limits import quarantined
+from gateway.errors import AuthenticationFailed, quarantined
 from gateway.store import fail_closed
 
 log = logging.getLogger("antex.auth")

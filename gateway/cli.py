@@ -30,12 +30,12 @@ from gateway import (
     store,
     upstream_store,
 )
-from gateway.clock import make_clock
+from gateway.clock import make_clock, rfc3339
 from gateway.config import Settings
 from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey
 from gateway.errors import ConfigError, InvalidRequest
-from gateway.limits import CreditLimiter, rfc3339
+from gateway.limits import CreditLimiter
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, get_plan, list_plans
 from gateway.secretbox import SecretBox, load_master_key

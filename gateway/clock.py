@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 Clock = Callable[[], int]
@@ -40,3 +41,13 @@ def offset_file_clock(path: Path) -> Clock:
 
 def make_clock(path: Path | None) -> Clock:
     return offset_file_clock(path) if path else system_clock
+
+
+_LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last instant datetime renders
+
+
+def rfc3339(ms: int) -> str:
+    """``ms`` since the epoch as ``YYYY-MM-DDTHH:MM:SSZ`` (whole seconds, UTC)."""
+    # Clamped so a stored value out of datetime's range still renders (as the range's edge).
+    seconds = min(max(ms // 1000, 0), _LAST_SECOND)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,9 +15,9 @@ import orjson
 from valkey.exceptions import ValkeyError
 
 from gateway import accounts, audit, keyspace
+from gateway.clock import rfc3339
 from gateway.dashboard.sessions import SESSION_PREFIX
 from gateway.dashboard.signin import LINK_PREFIX, RATE_PREFIX
-from gateway.limits import rfc3339
 from gateway.store import Client
 
 log = logging.getLogger("antex.erasure")

@@ -24,6 +24,11 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+from gateway.clock import rfc3339
+
 
 class AntexError(Exception):
     code = "api_error"
@@ -128,3 +133,117 @@ class ConfigError(AntexError):
     """A bad setting, raised at start-up; the message names the variable."""
 
     code = "config_error"
+
+
+# The refusals' wording: what a customer reads in a 4xx/429 body.
+
+WINDOW_WORDS = {"5h": "5-hour", "7d": "Weekly"}
+SECOND_MS = 1000
+
+
+def duration_text(ms: int) -> str:
+    """A wait as people say it: "40 s", "3 min", "2 h 5 min", "1 d 4 h" (rounded up)."""
+    seconds = max(1, math.ceil(ms / 1000))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+@dataclass(frozen=True, slots=True)
+class Frees:
+    """When a window frees capacity, as every surface shows it: the 429 (message and
+    ``retry-after``), ``GET /v1/usage`` and the dashboard read these, never their own sums.
+    ``at_ms`` comes from window_frees.lua; bucket bounds are whole minutes, so the RFC 3339
+    second is exact."""
+
+    at_ms: int
+    now_ms: int
+
+    @property
+    def at(self) -> str:
+        return rfc3339(self.at_ms)
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil((self.at_ms - self.now_ms) / 1000))
+
+    @property
+    def wait_text(self) -> str:
+        return duration_text(self.at_ms - self.now_ms)
+
+
+def _plural(n: int, word: str, suffix: str = "s") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{suffix}"
+
+
+def key_revoked() -> AuthenticationFailed:
+    return AuthenticationFailed("This API key has been revoked.")
+
+
+def already_settled() -> ServiceUnavailable:
+    # Only a request id reused after it ended meets this (the edge makes fresh ones).
+    return ServiceUnavailable("This request was already settled; retry.")
+
+
+def quarantined(reason: str) -> KeyQuarantined:
+    return KeyQuarantined(
+        f"This API key has been quarantined: {reason}. "
+        "Ask your operator to review it and issue a new key."
+    )
+
+
+def no_plan(why: str, period_end_ms: int) -> PermissionDenied:
+    """``why``: "expired", "missing", "zero_limit" or the account's status."""
+    if why == "expired":
+        detail = f"the plan period ended at {rfc3339(period_end_ms)}; ask your operator to renew it"
+    elif why in ("missing", "zero_limit"):
+        detail = "ask your operator to assign one"
+    else:
+        detail = f"the account is {why}; ask your operator to reactivate it"
+    return PermissionDenied(f"No active plan for this account: {detail}.")
+
+
+def ip_limit(bound: int, slots: int) -> IpLimitReached:
+    return IpLimitReached(
+        f"This API key is already bound to {_plural(bound, 'IP address', 'es')} and the "
+        f"account has {_plural(slots, 'IP slot')}; ask your operator to rotate an IP "
+        "or add slots."
+    )
+
+
+def too_many_in_flight(in_flight: int, cap: int, wait_s: int, now_ms: int) -> RateLimited:
+    return RateLimited(
+        f"Too many concurrent requests: {in_flight} in flight and the plan allows "
+        f"{cap}; retry in {wait_s} s.",
+        scope="concurrency",
+        retry_after_s=wait_s,
+        resets_at_ms=now_ms + wait_s * SECOND_MS,
+    )
+
+
+def window_held(window: str, wait_s: int, now_ms: int) -> RateLimited:
+    """``window`` ("5h" | "7d") has capacity left, but requests in flight hold all of it."""
+    return RateLimited(
+        f"{WINDOW_WORDS[window]} usage limit nearly reached: requests still in flight "
+        f"hold the remaining capacity; retry in {wait_s} s.",
+        scope="in_flight",
+        retry_after_s=wait_s,
+        resets_at_ms=now_ms + wait_s * SECOND_MS,
+    )
+
+
+def window_full(window: str, frees: Frees) -> RateLimited:
+    return RateLimited(
+        f"{WINDOW_WORDS[window]} usage limit reached; capacity frees at "
+        f"{frees.at} (in {frees.wait_text}).",
+        scope=window,
+        retry_after_s=frees.retry_after_s,
+        resets_at_ms=frees.at_ms,
+    )

@@ -16,11 +16,9 @@ run over, so the overshoot stays below one request's cost.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NoReturn
 
@@ -50,7 +48,6 @@ LOG_FIELDS = frozenset(
 )  # fmt: skip
 _MAX_LOG_VALUE = 200
 
-_WINDOW_WORDS = {"5h": "5-hour", "7d": "Weekly"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,56 +162,6 @@ def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-_LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last instant datetime renders
-
-
-def rfc3339(ms: int) -> str:
-    # Clamped so a stored value out of datetime's range still renders (as the range's edge).
-    seconds = min(max(ms // 1000, 0), _LAST_SECOND)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _duration(ms: int) -> str:
-    seconds = max(1, math.ceil(ms / 1000))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = math.ceil(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
-@dataclass(frozen=True, slots=True)
-class Frees:
-    """When a window frees capacity, as every surface shows it: the 429 (message and
-    ``retry-after``), ``GET /v1/usage`` and the dashboard read these, never their own sums.
-    ``at_ms`` comes from window_frees.lua; bucket bounds are whole minutes, so the RFC 3339
-    second is exact."""
-
-    at_ms: int
-    now_ms: int
-
-    @property
-    def at(self) -> str:
-        return rfc3339(self.at_ms)
-
-    @property
-    def retry_after_s(self) -> int:
-        return max(1, math.ceil((self.at_ms - self.now_ms) / 1000))
-
-    @property
-    def wait_text(self) -> str:
-        return _duration(self.at_ms - self.now_ms)
-
-
-def _plural(n: int, word: str, suffix: str = "s") -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}{suffix}"
-
-
 class CreditLimiter:
     def __init__(
         self,
@@ -292,62 +239,26 @@ class CreditLimiter:
         self, outcome: str, raw: list[Any], now: int, account_id: str, key_id: str
     ) -> NoReturn:
         if outcome == "revoked":
-            raise errors.AuthenticationFailed("This API key has been revoked.")
+            raise errors.key_revoked()
         if outcome == "settled":
-            # Only a request id reused after it ended gets here (the edge makes fresh ones).
-            raise errors.ServiceUnavailable("This request was already settled; retry.")
+            raise errors.already_settled()
         if outcome == "quarantined":
             reason = _str(raw[2])
             if int(raw[1]):
                 await self._index_quarantine(account_id, key_id, now, reason)
-            raise quarantined(reason)
+            raise errors.quarantined(reason)
         if outcome == "no_plan":
-            why, period_end = _str(raw[1]), int(raw[2])
-            if why == "expired":
-                ended = rfc3339(period_end)
-                detail = f"the plan period ended at {ended}; ask your operator to renew it"
-            elif why in ("missing", "zero_limit"):
-                detail = "ask your operator to assign one"
-            else:
-                detail = f"the account is {why}; ask your operator to reactivate it"
-            raise errors.PermissionDenied(f"No active plan for this account: {detail}.")
+            raise errors.no_plan(_str(raw[1]), int(raw[2]))
         if outcome == "ip_limit":
-            bound, slots = int(raw[1]), int(raw[2])
-            raise errors.IpLimitReached(
-                f"This API key is already bound to {_plural(bound, 'IP address', 'es')} and the "
-                f"account has {_plural(slots, 'IP slot')}; ask your operator to rotate an IP "
-                "or add slots."
-            )
+            raise errors.ip_limit(int(raw[1]), int(raw[2]))
         if outcome == "concurrency":
-            in_flight, cap = int(raw[1]), int(raw[2])
             wait = self.settings.concurrency_retry_s
-            raise errors.RateLimited(
-                f"Too many concurrent requests: {in_flight} in flight and the plan allows "
-                f"{cap}; retry in {wait} s.",
-                scope="concurrency",
-                retry_after_s=wait,
-                resets_at_ms=now + wait * SECOND_MS,
-            )
+            raise errors.too_many_in_flight(int(raw[1]), int(raw[2]), wait, now)
         if outcome == "in_flight":
-            window = _str(raw[1])
-            wait = self.settings.in_flight_retry_s
-            raise errors.RateLimited(
-                f"{_WINDOW_WORDS[window]} usage limit nearly reached: requests still in flight "
-                f"hold the remaining capacity; retry in {wait} s.",
-                scope="in_flight",
-                retry_after_s=wait,
-                resets_at_ms=now + wait * SECOND_MS,
-            )
-        if outcome in _WINDOW_WORDS:
-            frees = Frees(int(raw[1]), now)
+            raise errors.window_held(_str(raw[1]), self.settings.in_flight_retry_s, now)
+        if outcome in errors.WINDOW_WORDS:
             self._window_notice(account_id, outcome, int(raw[2]), int(raw[3]))
-            raise errors.RateLimited(
-                f"{_WINDOW_WORDS[outcome]} usage limit reached; capacity frees at "
-                f"{frees.at} (in {frees.wait_text}).",
-                scope=outcome,
-                retry_after_s=frees.retry_after_s,
-                resets_at_ms=frees.at_ms,
-            )
+            raise errors.window_full(outcome, errors.Frees(int(raw[1]), now))
         raise RuntimeError(f"admit.lua returned an unknown outcome {outcome!r}")
 
     def _flagged(self, account_id: str, key_id: str, now: int) -> None:
@@ -498,37 +409,3 @@ class CreditLimiter:
             key_id, account_id, int(raw[1]),
         )  # fmt: skip
         return True
-
-
-def quarantined(reason: str) -> errors.KeyQuarantined:
-    return errors.KeyQuarantined(
-        f"This API key has been quarantined: {reason}. "
-        "Ask your operator to review it and issue a new key."
-    )
-
-
-def _utilization(used_mc: int, limit_mc: int) -> float:
-    if limit_mc <= 0:
-        return 100.0 if used_mc > 0 else 0.0
-    tenths = min(1000, (used_mc * 1000 + limit_mc // 2) // limit_mc)
-    if used_mc < limit_mc:
-        tenths = min(tenths, 999)  # 100.0 only once the window is really full
-    return tenths / 10
-
-
-def usage_body(view: UsageView, plan_name: str | None, period_end_ms: int | None) -> dict[str, Any]:
-    """Anthropic's subscription-usage shape: percentages and reset times, never credits."""
-
-    def window(w: WindowUsage) -> dict[str, Any]:
-        resets = None if w.resets_at_ms is None else Frees(w.resets_at_ms, view.now_ms).at
-        return {"utilization": _utilization(w.used_mc, w.limit_mc), "resets_at": resets}
-
-    return {
-        "five_hour": window(view.five_hour),
-        "seven_day": window(view.seven_day),
-        "plan": {
-            "name": plan_name,
-            "period_end": None if period_end_ms is None else rfc3339(period_end_ms),
-        },
-        "requests_in_flight": view.in_flight,
-    }

@@ -13,7 +13,6 @@ from gateway import errors, wire
 from gateway.accounts import get_account
 from gateway.catalog import ModelInfo
 from gateway.edge import request_id, stream_response
-from gateway.limits import usage_body
 from gateway.pipeline import Pipeline, Ticket
 from gateway.proxy import (
     ClientGone,
@@ -28,6 +27,7 @@ from gateway.proxy import (
 )
 from gateway.schemas import CountTokensBody, MessagesBody
 from gateway.sse import usage_from_message
+from gateway.wire import usage_body
 
 JSON = b"application/json"
 

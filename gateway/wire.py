@@ -5,11 +5,15 @@ This is the only module that knows which HTTP status and headers each error carr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway import errors
+from gateway.clock import rfc3339
+
+if TYPE_CHECKING:
+    from gateway.limits import UsageView, WindowUsage
 
 # Claude Code and the Stainless SDKs retry 429s for minutes unless told not to.
 RETRY_HINT_LIMIT_S = 60
@@ -125,3 +129,31 @@ def with_request_id(body: bytes, request_id: str) -> bytes:
         return body
     doc["request_id"] = request_id
     return orjson.dumps(doc)
+
+
+def _utilization(used_mc: int, limit_mc: int) -> float:
+    if limit_mc <= 0:
+        return 100.0 if used_mc > 0 else 0.0
+    tenths = min(1000, (used_mc * 1000 + limit_mc // 2) // limit_mc)
+    if used_mc < limit_mc:
+        tenths = min(tenths, 999)  # 100.0 only once the window is really full
+    return tenths / 10
+
+
+def usage_body(view: UsageView, plan_name: str | None, period_end_ms: int | None) -> dict[str, Any]:
+    """Anthropic's subscription-usage shape (``GET /v1/usage``): percentages and reset
+    times, never credits."""
+
+    def window(w: WindowUsage) -> dict[str, Any]:
+        resets = None if w.resets_at_ms is None else errors.Frees(w.resets_at_ms, view.now_ms).at
+        return {"utilization": _utilization(w.used_mc, w.limit_mc), "resets_at": resets}
+
+    return {
+        "five_hour": window(view.five_hour),
+        "seven_day": window(view.seven_day),
+        "plan": {
+            "name": plan_name,
+            "period_end": None if period_end_ms is None else rfc3339(period_end_ms),
+        },
+        "requests_in_flight": view.in_flight,
+    }

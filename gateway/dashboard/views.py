@@ -14,8 +14,9 @@ from markupsafe import Markup
 
 from gateway import accounts, keyspace
 from gateway.dashboard import charts
-from gateway.limits import CreditLimiter, usage_body
+from gateway.limits import CreditLimiter
 from gateway.plans import DEFAULT_MAX_KEYS, list_plans
+from gateway.wire import usage_body
 
 RECENT_REQUESTS = 25
 DELETION_REQUESTS = keyspace.DELETION_REQUESTS

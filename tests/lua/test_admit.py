@@ -11,9 +11,10 @@ import valkey.asyncio as avalkey
 
 from gateway import errors, keyspace
 from gateway.embedded_valkey import free_port
-from gateway.limits import HOUR_MS, MINUTE_MS, Admission, CreditLimiter, usage_body
+from gateway.limits import HOUR_MS, MINUTE_MS, Admission, CreditLimiter
 from gateway.plans import DEFAULT_PLANS, account_plan_fields
 from gateway.store import Client, Scripts
+from gateway.wire import usage_body
 from tests.lua.conftest import T0, FakeClock, make_account
 
 MakeLimiter = Callable[..., CreditLimiter]
