@@ -17,7 +17,7 @@ import valkey.asyncio as avalkey
 from gateway import keys, keyspace, netaddr
 from gateway.clock import rfc3339
 from gateway.errors import InvalidRequest, KeyLimitReached, NotFound
-from gateway.limits import CreditLimiter
+from gateway.limits import CreditLimiter, parse_reply
 from gateway.plans import DEFAULT_MAX_KEYS, account_plan_fields, get_plan
 from gateway.store import Scripts
 from gateway.wire import usage_body
@@ -31,7 +31,7 @@ EVENTS_MAXLEN = 100
 _CREATE_ATTEMPTS = 20
 
 # Cold-path transitions; loaded lazily by EVALSHA's NOSCRIPT fallback, never on a hot path.
-_SCRIPTS = Scripts(("release_key", "create_key"))
+_SCRIPTS = Scripts()
 
 
 def _s(value: Any) -> str:
@@ -320,13 +320,13 @@ async def create_key(
         raw = await _SCRIPTS.call(
             client, "create_key", [ak.account, ak.keys, ak.key(key_id), *existing], args
         )
-        outcome = _s(raw[0])
-        if outcome == "stale":
+        reply = parse_reply("create_key", raw)
+        if reply.outcome == "stale":
             continue
-        if outcome == "missing":
+        if reply.outcome == "missing":
             raise NotFound(f"no account {account_id!r}")
-        if outcome == "key_limit":
-            active, cap = int(raw[1]), int(raw[2])
+        if reply.outcome == "key_limit":
+            active, cap = reply.int("active_keys"), reply.int("max_keys")
             raise KeyLimitReached(
                 f"The plan allows {cap} active API key{'s' if cap != 1 else ''} and the "
                 f"account has {active}; revoke a key you no longer use, or ask your operator "
@@ -428,7 +428,7 @@ async def release_key(
         [ak.key(key_id), ak.key_denied(key_id), ak.key_failures(key_id), ak.events],
         [now, key_id, EVENTS_MAXLEN],
     )
-    outcome = _s(raw[0])
+    outcome = parse_reply("release_key", raw).text("outcome")
     if outcome == "missing":
         raise NotFound(f"no key {key_id!r} on this account")
     if outcome != "released":

@@ -153,6 +153,78 @@ class UsageView:
     now_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One reply of a script as its header's RETURNS documents it: the outcome tag that
+    leads it (None: the reply has no tag) and the names of the values that follow."""
+
+    outcome: str | None
+    fields: tuple[str, ...] = ()
+
+
+def _shape(outcome: str | None, fields: str = "") -> Shape:
+    return Shape(outcome, tuple(fields.split()))
+
+
+# Every script's replies, in step with its header (tests/lua/test_replies.py holds each
+# header and each script's real replies to this table).
+REPLIES: dict[str, tuple[Shape, ...]] = {
+    "admit": (
+        _shape("ok", "ip_bound_now flagged_now"),  # check_only
+        _shape(
+            "ok",
+            "ip_bound_now used5 limit5 used7 limit7 reserved_total in_flight reservation "
+            "flagged_now",
+        ),
+        _shape("revoked"),
+        _shape("settled"),
+        _shape("quarantined", "quarantined_now reason"),
+        _shape("no_plan", "why period_end_ms"),
+        _shape("ip_limit", "bound_ips ip_slots"),
+        _shape("concurrency", "in_flight cap"),
+        _shape("5h", "frees_at_ms used limit"),
+        _shape("7d", "frees_at_ms used limit"),
+        _shape("in_flight", "window used reserved_total limit"),
+    ),
+    "settle": (_shape(None, "applied repeated"),),
+    "usage": (_shape(None, "used5 limit5 resets5 used7 limit7 resets7 reserved in_flight"),),
+    "key_failure": (_shape(None, "outcome failures_in_period"),),
+    "create_key": (
+        _shape("created", "active_keys"),
+        _shape("key_limit", "active_keys max_keys"),
+        _shape("stale"),
+        _shape("missing"),
+    ),
+    "release_key": (_shape(None, "outcome"),),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A script's reply by name: ``outcome`` is its tag ("" for untagged replies)."""
+
+    outcome: str
+    values: Mapping[str, Any]
+
+    def int(self, name: str) -> int:
+        return int(self.values[name])
+
+    def text(self, name: str) -> str:
+        return _str(self.values[name])
+
+
+def parse_reply(script: str, raw: Sequence[Any]) -> Reply:
+    """``raw`` (the script's array reply) by the shape its header documents. Raises
+    RuntimeError when no shape fits: the script and this table are out of step."""
+    tag = _str(raw[0]) if raw else ""
+    for shape in REPLIES[script]:
+        if shape.outcome is None and len(raw) == len(shape.fields):
+            return Reply("", dict(zip(shape.fields, raw, strict=True)))
+        if shape.outcome == tag and len(raw) == 1 + len(shape.fields):
+            return Reply(tag, dict(zip(shape.fields, raw[1:], strict=True)))
+    raise RuntimeError(f"{script}.lua replied with an undocumented shape: {tag!r}, {len(raw)}")
+
+
 @lru_cache(maxsize=4096)
 def _keys(account_id: str) -> AccountKeys:
     return AccountKeys(account_id)
@@ -221,45 +293,47 @@ class CreditLimiter:
             ],
             [now, request_id, estimate, ip_tag, int(check_only), key_id, self._admit_conf],
         )
-        outcome = _str(raw[0])
-        if outcome != "ok":
-            await self._refuse(outcome, raw, now, account_id, key_id)
-        bound = bool(int(raw[1]))
-        if int(raw[2] if check_only else raw[9]):
+        reply = parse_reply("admit", raw)
+        if reply.outcome != "ok":
+            await self._refuse(reply, now, account_id, key_id)
+        bound = bool(reply.int("ip_bound_now"))
+        if reply.int("flagged_now"):
             self._flagged(account_id, key_id, now)
         if check_only:
             return Admission(ip_newly_bound=bound, check_only=True, reserved_mc=0)
-        used5, limit5, used7, limit7, reserved, in_flight, mine = (int(v) for v in raw[2:9])
+        used5, limit5 = reply.int("used5"), reply.int("limit5")
+        used7, limit7 = reply.int("used7"), reply.int("limit7")
         if used5 * 5 >= limit5 * 4 or used7 * 5 >= limit7 * 4:  # 80 %: the lowest notice
             self._window_notice(account_id, "5h", used5, limit5)
             self._window_notice(account_id, "7d", used7, limit7)
-        return Admission(bound, False, mine, used5, limit5, used7, limit7, reserved, in_flight)
+        return Admission(
+            bound, False, reply.int("reservation"), used5, limit5, used7, limit7,
+            reply.int("reserved_total"), reply.int("in_flight"),
+        )  # fmt: skip
 
-    async def _refuse(
-        self, outcome: str, raw: list[Any], now: int, account_id: str, key_id: str
-    ) -> NoReturn:
+    async def _refuse(self, reply: Reply, now: int, account_id: str, key_id: str) -> NoReturn:
+        outcome = reply.outcome
         if outcome == "revoked":
             raise errors.key_revoked()
         if outcome == "settled":
             raise errors.already_settled()
         if outcome == "quarantined":
-            reason = _str(raw[2])
-            if int(raw[1]):
+            reason = reply.text("reason")
+            if reply.int("quarantined_now"):
                 await self._index_quarantine(account_id, key_id, now, reason)
             raise errors.quarantined(reason)
         if outcome == "no_plan":
-            raise errors.no_plan(_str(raw[1]), int(raw[2]))
+            raise errors.no_plan(reply.text("why"), reply.int("period_end_ms"))
         if outcome == "ip_limit":
-            raise errors.ip_limit(int(raw[1]), int(raw[2]))
+            raise errors.ip_limit(reply.int("bound_ips"), reply.int("ip_slots"))
         if outcome == "concurrency":
             wait = self.settings.concurrency_retry_s
-            raise errors.too_many_in_flight(int(raw[1]), int(raw[2]), wait, now)
+            raise errors.too_many_in_flight(reply.int("in_flight"), reply.int("cap"), wait, now)
         if outcome == "in_flight":
-            raise errors.window_held(_str(raw[1]), self.settings.in_flight_retry_s, now)
-        if outcome in errors.WINDOW_WORDS:
-            self._window_notice(account_id, outcome, int(raw[2]), int(raw[3]))
-            raise errors.window_full(outcome, errors.Frees(int(raw[1]), now))
-        raise RuntimeError(f"admit.lua returned an unknown outcome {outcome!r}")
+            raise errors.window_held(reply.text("window"), self.settings.in_flight_retry_s, now)
+        # "5h" | "7d": the window is full.
+        self._window_notice(account_id, outcome, reply.int("used"), reply.int("limit"))
+        raise errors.window_full(outcome, errors.Frees(reply.int("frees_at_ms"), now))
 
     def _flagged(self, account_id: str, key_id: str, now: int) -> None:
         """This call raised the account's key-sharing flag: tell the operator, once."""
@@ -352,8 +426,8 @@ class CreditLimiter:
     ) -> tuple[int, int]:
         """One call settling an account's charges; returns (applied, already settled)."""
         keys, args = self.settle_call(account_id, charges, renewals)
-        raw = await self._scripts.call(self._client, "settle", keys, args)
-        return int(raw[0]), int(raw[1])
+        reply = parse_reply("settle", await self._scripts.call(self._client, "settle", keys, args))
+        return reply.int("applied"), reply.int("repeated")
 
     async def settle(
         self,
@@ -381,7 +455,12 @@ class CreditLimiter:
             [now, s.window_5h_ms, s.bucket_5h_ms, s.window_7d_ms, s.bucket_7d_ms],
             readonly=True,
         )
-        used5, limit5, resets5, used7, limit7, resets7, reserved, in_flight = (int(v) for v in raw)
+        reply = parse_reply("usage", raw)
+        resets5, resets7 = reply.int("resets5"), reply.int("resets7")
+        reserved = reply.int("reserved")
+        used5, limit5 = reply.int("used5"), reply.int("limit5")
+        used7, limit7 = reply.int("used7"), reply.int("limit7")
+        in_flight = reply.int("in_flight")
         return UsageView(
             WindowUsage(used5, limit5, reserved, resets5 if resets5 >= 0 else None),
             WindowUsage(used7, limit7, reserved, resets7 if resets7 >= 0 else None),
@@ -402,10 +481,11 @@ class CreditLimiter:
                 s.failure_alert_count, key_id, ip_tag, s.events_maxlen,
             ],
         )  # fmt: skip
-        if _str(raw[0]) != "alerted":
+        reply = parse_reply("key_failure", raw)
+        if reply.text("outcome") != "alerted":
             return False
         log.warning(
             "wrong secrets for key %s of account %s: %s within the period",
-            key_id, account_id, int(raw[1]),
+            key_id, account_id, reply.int("failures_in_period"),
         )  # fmt: skip
         return True
