@@ -48,7 +48,7 @@ async def fill(valkey_url: str, per_hour: int) -> tuple[str, str]:
     """An account on the max plan with KEYS keys (two bound IPs each) and ``per_hour``
     admitted and settled requests in every hour of the last 7 days (about 40 % of the
     weekly allowance); returns (account id, email)."""
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         await list_plans(client)
         email = f"heavy-{os.getpid()}@bench.test"
@@ -127,7 +127,7 @@ async def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def sign_in(client: httpx.AsyncClient, valkey_url: str, account_id: str, url: str) -> None:
-    vk = avalkey.Valkey.from_url(valkey_url)
+    vk = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         link = await signin.issue_link(vk, account_id, url, system_clock())
     finally:

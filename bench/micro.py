@@ -32,7 +32,7 @@ from gateway.keys import parse_key
 async def _auth_latency(
     valkey_url: str, key: str, cold_runs: int, warm_runs: int
 ) -> dict[str, Any]:
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     cold: list[float] = []
     warm: list[float] = []
     try:

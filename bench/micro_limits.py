@@ -64,7 +64,7 @@ Row = tuple[str, int, float, list[float]]
 
 async def run(url: str, total: int) -> tuple[list[Row], float]:
     """The rows, and the server's own CPU time per EVALSHA in microseconds."""
-    client = avalkey.Valkey.from_url(url, max_connections=128)
+    client = avalkey.Valkey.from_url(url, max_connections=128, decode_responses=True)
     rows = []
     try:
         scripts = Scripts()

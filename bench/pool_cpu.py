@@ -41,7 +41,7 @@ POOL_KEYS = ("sk-bench-pool-2", "sk-bench-pool-3")
 
 async def add_pool(valkey_url: str, sim_url: str, master: str) -> None:
     box = SecretBox(base64.urlsafe_b64decode(master + "=="))
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         for i, key in enumerate(POOL_KEYS):
             await upstream_store.add_upstream(

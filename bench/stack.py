@@ -358,7 +358,7 @@ async def create_customer(
 ) -> tuple[str, list[str]]:
     """An account on ``plan`` with fresh keys, made by the same code the CLI uses. The keys
     live in memory only: callers pass them to clients, never to a file or a log."""
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         await list_plans(client)
         await set_plan(client, plan)
@@ -384,7 +384,7 @@ def customer(
 
 def command_calls(valkey_url: str) -> dict[str, int]:
     """Valkey's own per-command call counters (INFO commandstats)."""
-    client = syncvalkey.Valkey.from_url(valkey_url)
+    client = syncvalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         stats = client.info("commandstats")
     finally:

@@ -145,7 +145,7 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 async def make_key(valkey_url: str) -> str:
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         await set_plan(client, PLAN)
         account = await accounts.create_account(

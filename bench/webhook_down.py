@@ -98,7 +98,7 @@ def black_hole() -> Iterator[str]:
 
 
 async def make_keys(url: str, plan: Plan, count: int) -> list[str]:
-    client = avalkey.Valkey.from_url(url)
+    client = avalkey.Valkey.from_url(url, decode_responses=True)
     try:
         await list_plans(client)
         await set_plan(client, plan)
@@ -208,7 +208,7 @@ async def notify_cost(url: str, calls: int = 100_000) -> float:
     from gateway.config import Settings
     from gateway.events import KEY_FLAGGED
 
-    client = avalkey.Valkey.from_url(url)
+    client = avalkey.Valkey.from_url(url, decode_responses=True)
     settings = Settings(webhook_urls=(f"http://127.0.0.1:{free_port()}/x",),
                         webhook_secret="bench-secret-0123456789")  # fmt: skip
     alerts = Alerts(settings, client)

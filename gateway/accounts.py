@@ -34,12 +34,6 @@ _CREATE_ATTEMPTS = 20
 _SCRIPTS = Scripts()
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -72,7 +66,7 @@ def normalize_email(email: str) -> str:
 
 async def find_account(client: avalkey.Valkey, email: str) -> str | None:
     found = await client.get(keyspace.email_key(normalize_email(email)))
-    return _s(found) if found is not None else None
+    return str(found) if found is not None else None
 
 
 async def require_account(client: avalkey.Valkey, email_or_id: str) -> str:
@@ -116,7 +110,7 @@ async def get_account(client: avalkey.Valkey, account_id: str) -> dict[str, str]
     raw = await client.hgetall(keyspace.AccountKeys(account_id).account)
     if not raw:
         raise NotFound(f"no account {account_id!r}")
-    return {"id": account_id, **_decode(raw)}
+    return {"id": account_id, **dict(raw)}
 
 
 def subscription(account: Mapping[str, str], now_ms: int) -> str:
@@ -159,12 +153,12 @@ async def show_account(client: avalkey.Valkey, account_id: str, *, now_ms: int) 
 
 
 async def list_accounts(client: avalkey.Valkey, *, now_ms: int) -> list[dict[str, Any]]:
-    ids = sorted([_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=500)])
+    ids = sorted([str(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=500)])
     pipe = client.pipeline(transaction=False)
     for account_id in ids:
         pipe.hgetall(keyspace.AccountKeys(account_id).account)
     views = [
-        account_view({"id": account_id, **_decode(raw)}, now_ms)
+        account_view({"id": account_id, **dict(raw)}, now_ms)
         for account_id, raw in zip(ids, await pipe.execute(), strict=True)
         if raw
     ]
@@ -260,7 +254,7 @@ async def add_account_ip_slots(client: avalkey.Valkey, account_id: str, n: int) 
 async def _forget_refused(client: avalkey.Valkey, account_id: str, key_id: str | None) -> None:
     """Clears the unbound addresses refused for one key (or every key of the account)."""
     ak = keyspace.AccountKeys(account_id)
-    ids = [key_id] if key_id is not None else [_s(k) for k in await client.smembers(ak.keys)]
+    ids = [key_id] if key_id is not None else [str(k) for k in await client.smembers(ak.keys)]
     if ids:
         await client.delete(*(ak.key_denied(k) for k in ids))
 
@@ -285,7 +279,7 @@ async def find_key(client: avalkey.Valkey, key_ref: str) -> tuple[str, str]:
     account_id = await client.get(keyspace.key_index(key_id))
     if account_id is None:
         raise NotFound(f"no key {key_id!r}")
-    return _s(account_id), key_id
+    return str(account_id), key_id
 
 
 async def create_key(
@@ -316,7 +310,7 @@ async def create_key(
     pairs = [x for pair in fields.items() for x in pair]
     args: list[str | int] = [key_id, DEFAULT_MAX_KEYS, *pairs]
     for _ in range(_CREATE_ATTEMPTS):
-        existing = [ak.key(_s(k)) for k in await client.smembers(ak.keys)]
+        existing = [ak.key(str(k)) for k in await client.smembers(ak.keys)]
         raw = await _SCRIPTS.call(
             client, "create_key", [ak.account, ak.keys, ak.key(key_id), *existing], args
         )
@@ -360,16 +354,16 @@ def _key_view(
 async def list_keys(client: avalkey.Valkey, account_id: str) -> list[dict[str, Any]]:
     """The account's keys: id, name, prefix, status, times, bound IPs and slots; no secret."""
     ak = keyspace.AccountKeys(account_id)
-    key_ids = sorted(_s(k) for k in await client.smembers(ak.keys))
+    key_ids = sorted(str(k) for k in await client.smembers(ak.keys))
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(ak.account)
     for key_id in key_ids:
         pipe.hgetall(ak.key(key_id))
         pipe.hgetall(ak.key_ips(key_id))
     account, *rest = await pipe.execute()
-    acct = _decode(account)
+    acct = dict(account)
     return [
-        _key_view(key_id, _decode(rest[2 * i]), _decode(rest[2 * i + 1]), acct)
+        _key_view(key_id, dict(rest[2 * i]), dict(rest[2 * i + 1]), acct)
         for i, key_id in enumerate(key_ids)
         if rest[2 * i]
     ]
@@ -386,7 +380,7 @@ async def get_key(client: avalkey.Valkey, account_id: str, key_id: str) -> dict[
         raise NotFound(f"no key {key_id!r} on this account")
     return {
         "account_id": account_id,
-        **_key_view(key_id, _decode(raw), _decode(ips), _decode(account)),
+        **_key_view(key_id, dict(raw), dict(ips), dict(account)),
     }
 
 
@@ -456,7 +450,7 @@ def ip_tag_of(text: str) -> str:
 
 async def list_ips(client: avalkey.Valkey, account_id: str, key_id: str) -> dict[str, Any]:
     key = await get_key(client, account_id, key_id)
-    bound = _decode(await client.hgetall(keyspace.AccountKeys(account_id).key_ips(key_id)))
+    bound = dict(await client.hgetall(keyspace.AccountKeys(account_id).key_ips(key_id)))
     entries = [
         {"ip": ip, "bound_ms": _int(ms), "bound_at": _at(_int(ms))}
         for ip, ms in sorted(bound.items(), key=lambda kv: (_int(kv[1]), kv[0]))
@@ -481,7 +475,7 @@ async def unbind_ips(
     await get_key(client, account_id, key_id)
     ips_key = keyspace.AccountKeys(account_id).key_ips(key_id)
     if ip is None:
-        removed = sorted(_s(t) for t in await client.hkeys(ips_key))
+        removed = sorted(str(t) for t in await client.hkeys(ips_key))
         await client.delete(ips_key)
     else:
         tag = ip.strip() if await client.hexists(ips_key, ip.strip()) else ip_tag_of(ip)
@@ -518,7 +512,7 @@ _INT_FIELDS = frozenset({"status", "stream", "disconnected", "cache_write_5m", "
 
 
 def _entry(entry_id: Any, fields: Mapping[Any, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": _s(entry_id), **_decode(fields)}
+    out: dict[str, Any] = {"id": str(entry_id), **dict(fields)}
     for name in list(out):
         if name.endswith(("_ms", "_tokens", "_mc")) or name in _INT_FIELDS:
             out[name] = _int(out[name])
@@ -553,17 +547,17 @@ async def list_quarantined(
         return sorted(found, key=lambda k: -(k["quarantined_ms"] or 0))
     out = []
     for member, _score in await client.zrevrange(keyspace.QUARANTINE_INDEX, 0, -1, withscores=True):
-        owner, _, key_id = _s(member).partition(":")
+        owner, _, key_id = str(member).partition(":")
         try:
             key = await get_key(client, owner, key_id)
         except NotFound:
             key = {"status": "missing"}
         if key["status"] != "quarantined":
             # Released or revoked since, or deleted: the index is only a pointer.
-            await client.zrem(keyspace.QUARANTINE_INDEX, _s(member))
+            await client.zrem(keyspace.QUARANTINE_INDEX, str(member))
             continue
         email = await client.hget(keyspace.AccountKeys(owner).account, "email")
-        out.append({**key, "email": _s(email) if email is not None else None})
+        out.append({**key, "email": str(email) if email is not None else None})
     return out
 
 
@@ -571,7 +565,7 @@ async def list_flagged(client: avalkey.Valkey) -> list[dict[str, Any]]:
     """Accounts flagged for key sharing (too many distinct networks within a day), newest
     first. A flag never blocks anything: the operator decides. A scan of the account set:
     an operator listing, not a request path."""
-    ids = sorted([_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=500)])
+    ids = sorted([str(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=500)])
     pipe = client.pipeline(transaction=False)
     for account_id in ids:
         fields = ("email", "shared_flag_ms", "shared_flag_reason")
@@ -580,14 +574,14 @@ async def list_flagged(client: avalkey.Valkey) -> list[dict[str, Any]]:
     for account_id, (email, flag_ms, reason) in zip(ids, await pipe.execute(), strict=True):
         if flag_ms is None:
             continue
-        at = _int(_s(flag_ms))
+        at = _int(str(flag_ms))
         found.append(
             {
                 "account_id": account_id,
-                "email": _s(email) if email is not None else None,
+                "email": str(email) if email is not None else None,
                 "flagged_ms": at,
                 "flagged_at": _at(at),
-                "reason": _s(reason) if reason is not None else "",
+                "reason": str(reason) if reason is not None else "",
             }
         )
     return sorted(found, key=lambda f: -f["flagged_ms"])

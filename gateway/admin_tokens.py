@@ -56,7 +56,7 @@ async def list_tokens(client: avalkey.Valkey) -> list[dict[str, Any]]:
     raw = await client.hgetall(keyspace.ADMIN_TOKENS)
     out = []
     for d, meta in raw.items():
-        text = d.decode() if isinstance(d, bytes) else str(d)
+        text = str(d)
         out.append({"token_id": token_id(text), "scope": "full", **orjson.loads(meta)})
     return sorted(out, key=lambda t: t["created_ms"])
 
@@ -65,7 +65,7 @@ async def revoke_token(client: avalkey.Valkey, tid: str) -> dict[str, Any]:
     """Removes the token; returns its metadata (name, scope, created_ms)."""
     raw = await client.hgetall(keyspace.ADMIN_TOKENS)
     for d, meta in raw.items():
-        text = d.decode() if isinstance(d, bytes) else str(d)
+        text = str(d)
         if token_id(text) == tid:
             await client.hdel(keyspace.ADMIN_TOKENS, text)
             return {"scope": "full", **orjson.loads(meta)}

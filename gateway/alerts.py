@@ -250,7 +250,7 @@ class Alerts:
             return
         if not email:
             return
-        to = email.decode() if isinstance(email, bytes) else str(email)
+        to = str(email)
         message = notice(self._settings, to, event.type, event.data)
         try:
             await asyncio.to_thread(mail.send, self._smtp, message)

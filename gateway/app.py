@@ -110,7 +110,7 @@ def create_app(settings: Settings) -> Application:
     router.add_get("/v1/usage", handler(anthropic.usage))
     router.add_get("/api/oauth/usage", handler(anthropic.usage))
     router.fallback = not_found
-    observability.register(app, res.metrics)  # GET /metrics and the counters' hooks
+    observability.register(app, res.metrics, settings.metrics_token)  # GET /metrics
     admin_api.register(app, res)  # /admin/... (operator token) and /openapi.json
     dashboard.register(app, res)  # /dashboard/... (customer pages, cookie sessions)
     console.register(app, res)  # /admin/console/... (operator pages, token-backed sessions)

@@ -133,7 +133,7 @@ async def query(
 async def all_entries(client: Client) -> list[tuple[str, int]]:
     """Every entry as stored, oldest first: ``(member JSON, at ms)`` (for export)."""
     raw = await client.zrange(AUDIT, 0, -1, withscores=True)
-    out = [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in raw]
+    out = [(str(m), int(s)) for m, s in raw]
     return sorted(out, key=lambda e: (e[1], e[0]))
 
 
@@ -164,7 +164,7 @@ async def redact_account(client: Client, account_id: str, email: str, key_ids: l
     raw = await client.zrange(AUDIT, 0, -1, withscores=True)
     pipe = client.pipeline(transaction=True)
     for member, score in raw:
-        text = member.decode() if isinstance(member, bytes) else str(member)
+        text = str(member)
         if not any(n in text for n in needles):
             continue
         pipe.zrem(AUDIT, text)

@@ -30,7 +30,7 @@ from gateway import (
     store,
     upstream_store,
 )
-from gateway.clock import make_clock, rfc3339
+from gateway.clock import Clock, make_clock, rfc3339
 from gateway.config import Settings
 from gateway.dashboard import signin
 from gateway.embedded_valkey import EmbeddedValkey
@@ -76,7 +76,7 @@ async def admin_valkey(settings: Settings, *, init: bool = False) -> AsyncIterat
         if url is None:
             url = await asyncio.to_thread(candidate.start)
             embedded = candidate
-    client = open_client(url, decode_responses=True)
+    client = open_client(url)
     try:
         # Operator commands never write into a layout they do not understand.
         layout.refuse_newer(await layout.stamped_version(client) or layout.UNVERSIONED)
@@ -94,13 +94,18 @@ def emit(args: argparse.Namespace, value: Any, text: str) -> None:
         sys.stdout.write(text + "\n")
 
 
+def _clock(s: Settings) -> Clock:
+    """The one clock of a CLI command (the server's test offset file included)."""
+    return make_clock(s.clock_file)
+
+
 def _now(s: Settings) -> int:
-    return make_clock(s.clock_file)()
+    return _clock(s)()
 
 
 def _operator(client: avalkey.Valkey, s: Settings) -> Operator:
     return Operator(
-        client, audit.cli_actor(), make_clock(s.clock_file), s.audit_retention_days,
+        client, audit.cli_actor(), _clock(s), s.audit_retention_days,
         s.bcrypt_rounds,
     )  # fmt: skip
 
@@ -556,7 +561,7 @@ async def _plan_list(client: avalkey.Valkey, args: argparse.Namespace, s: Settin
 @command("usage", "show")
 async def _usage(client: avalkey.Valkey, args: argparse.Namespace, s: Settings) -> None:
     account_id = await _account(client, args.email)
-    limiter = CreditLimiter(client, Scripts(), make_clock(s.clock_file))
+    limiter = CreditLimiter(client, Scripts(), _clock(s))
     report = await accounts.usage_report(client, limiter, account_id, requests=args.requests)
     emit(args, report, _usage_text(report))
 

@@ -241,6 +241,10 @@ class Settings:
         default="Ask your operator to change plans or add IP slots.",
         metadata=_env("ANTEX_PLANS_TEXT"),
     )
+    # Bearer token GET /metrics requires; None: /metrics is open (keep it off the public side).
+    metrics_token: str | None = field(
+        default=None, repr=False, metadata=_env("ANTEX_METRICS_TOKEN")
+    )
     audit_retention_days: int = field(
         default=400, metadata=_env("ANTEX_AUDIT_RETENTION_DAYS", "int", 1)
     )

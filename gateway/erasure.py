@@ -27,24 +27,21 @@ OVERDUE_AFTER_MS = 7 * DAY_MS  # the Privacy Policy's promise
 _SCAN = 1000
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 async def list_requests(client: Client, now_ms: int) -> list[dict[str, Any]]:
     """Open deletion requests, oldest first: account id, email, age in days, overdue flag."""
     raw = await client.zrange(keyspace.DELETION_REQUESTS, 0, -1, withscores=True)
     pipe = client.pipeline(transaction=False)
     for member, _ in raw:
-        pipe.hget(keyspace.AccountKeys(_s(member)).account, "email")
+        pipe.hget(keyspace.AccountKeys(str(member)).account, "email")
     emails = await pipe.execute() if raw else []
     out = []
     for (member, score), email in zip(raw, emails, strict=True):
         asked = int(score)
         out.append(
             {
-                "account_id": _s(member),
-                "email": _s(email) if email is not None else None,
+                "account_id": str(member),
+                "email": str(email) if email is not None else None,
                 "requested_ms": asked,
                 "requested_at": rfc3339(asked),
                 "age_days": round((now_ms - asked) / DAY_MS, 1),
@@ -55,7 +52,7 @@ async def list_requests(client: Client, now_ms: int) -> list[dict[str, Any]]:
 
 
 async def _scan(client: Client, pattern: str) -> list[str]:
-    return [_s(k) async for k in client.scan_iter(match=pattern, count=_SCAN)]
+    return [str(k) async for k in client.scan_iter(match=pattern, count=_SCAN)]
 
 
 async def _rewrite_persistence(client: Client) -> None:
@@ -79,7 +76,7 @@ async def erase_account(client: Client, account_id: str, now_ms: int) -> dict[st
     account = await accounts.get_account(client, account_id)
     email = account.get("email", "")
     ak = keyspace.AccountKeys(account_id)
-    key_ids = {_s(k) for k in await client.smembers(ak.keys)}
+    key_ids = {str(k) for k in await client.smembers(ak.keys)}
     # Every key of the account shares its tag, whatever future code adds under it.
     tagged = await _scan(client, f"{keyspace.PREFIX}:{{a:{account_id}}}:*")
     key_ids |= {name.rsplit(":", 1)[1] for name in tagged if name.startswith(ak.key(""))}
@@ -90,17 +87,17 @@ async def erase_account(client: Client, account_id: str, now_ms: int) -> dict[st
     # Sessions and sign-in links are keyed by token digests: find them by their contents.
     for name in await _scan(client, SESSION_PREFIX + "*"):
         owner = await client.hget(name, "account")
-        if owner is not None and _s(owner) == account_id:
+        if owner is not None and str(owner) == account_id:
             doomed.add(name)
     for name in await _scan(client, LINK_PREFIX + "*"):
         value = await client.get(name)
-        if value is not None and _s(value).partition(" ")[0] == account_id:
+        if value is not None and str(value).partition(" ")[0] == account_id:
             doomed.add(name)
     requested = await client.zscore(keyspace.DELETION_REQUESTS, account_id)
     quarantined = [
-        _s(m)
+        str(m)
         for m in await client.zrange(keyspace.QUARANTINE_INDEX, 0, -1)
-        if _s(m).startswith(account_id + ":")
+        if str(m).startswith(account_id + ":")
     ]
     pipe = client.pipeline(transaction=False)
     for name in sorted(doomed):

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from valkey.exceptions import LockError
 
@@ -43,9 +42,6 @@ class Step:
     run: Callable[[Client], Awaitable[int]]  # returns how many records it touched
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 async def _index_quarantined_keys(client: Client) -> int:
     """Version 2: every quarantined key is listed in ``antex:quarantined``.
@@ -55,11 +51,11 @@ async def _index_quarantined_keys(client: Client) -> int:
     """
     added = 0
     for raw_account in await client.smembers(keyspace.ACCOUNTS):
-        account = keyspace.AccountKeys(_text(raw_account))
+        account = keyspace.AccountKeys(str(raw_account))
         for raw_key in await client.smembers(account.keys):
-            key_id = _text(raw_key)
+            key_id = str(raw_key)
             status, since = await client.hmget(account.key(key_id), ["status", "quarantined_ms"])
-            if status is None or _text(status) != "quarantined":
+            if status is None or str(status) != "quarantined":
                 continue
             member = f"{account.account_id}:{key_id}"
             score = int(since) if since is not None else int(time.time() * 1000)
@@ -95,7 +91,7 @@ async def stamped_version(client: Client) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise LayoutError(f"{LAYOUT_KEY} holds {_text(raw)!r}, not a version") from None
+        raise LayoutError(f"{LAYOUT_KEY} holds {str(raw)!r}, not a version") from None
 
 
 async def stored_version(client: Client) -> int | None:

@@ -210,13 +210,13 @@ class Reply:
         return int(self.values[name])
 
     def text(self, name: str) -> str:
-        return _str(self.values[name])
+        return str(self.values[name])
 
 
 def parse_reply(script: str, raw: Sequence[Any]) -> Reply:
     """``raw`` (the script's array reply) by the shape its header documents. Raises
     RuntimeError when no shape fits: the script and this table are out of step."""
-    tag = _str(raw[0]) if raw else ""
+    tag = str(raw[0]) if raw else ""
     for shape in REPLIES[script]:
         if shape.outcome is None and len(raw) == len(shape.fields):
             return Reply("", dict(zip(shape.fields, raw, strict=True)))
@@ -229,9 +229,6 @@ def parse_reply(script: str, raw: Sequence[Any]) -> Reply:
 def _keys(account_id: str) -> AccountKeys:
     return AccountKeys(account_id)
 
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class CreditLimiter:

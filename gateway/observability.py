@@ -32,7 +32,6 @@ from gateway.usage import Usage
 access = logging.getLogger("antex.access")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-TOKEN_ENV = "ANTEX_METRICS_TOKEN"
 # The classic text format: every Prometheus version parses it.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -428,14 +427,13 @@ def _bearer(request: Request) -> bytes:
     return auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
 
 
-def register(app: Application, metrics: Metrics) -> None:
+def register(app: Application, metrics: Metrics, token_text: str | None) -> None:
     """``GET /metrics`` plus the hooks that feed it (error answers: ``error_observer``).
 
     /metrics needs no API key: keep it off the public listener (bind Antex privately or
     block the path at the proxy), or set ANTEX_METRICS_TOKEN to require that bearer token.
     """
-    raw_token = os.environ.get(TOKEN_ENV) or ""
-    token = raw_token.encode() if raw_token else None
+    token = token_text.encode() if token_text else None
 
     async def serve_metrics(request: Request) -> Response:
         if token is not None and not hmac.compare_digest(_bearer(request), token):

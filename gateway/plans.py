@@ -134,7 +134,7 @@ async def set_plan(client: Client, plan: Plan) -> int:
     await cast(Awaitable[int], client.hset(keyspace.PLANS, plan.name, plan.to_json()))
     batch: list[str] = []
     async for member in client.sscan_iter(keyspace.ACCOUNTS, count=_BATCH):
-        batch.append(member.decode() if isinstance(member, bytes) else str(member))
+        batch.append(str(member))
         if len(batch) >= _BATCH:
             updated += await _propagate(client, batch, plan.name, fields)
             batch = []
@@ -156,7 +156,7 @@ async def _propagate(
     targets = [
         key
         for key, value in zip(accounts, current, strict=True)
-        if value is not None and (value.decode() if isinstance(value, bytes) else value) == name
+        if value is not None and value == name
     ]
     for key in targets:
         pipe.hset(key, mapping=fields)

@@ -11,7 +11,7 @@ in again). Export then import then export gives byte-identical output.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import orjson
@@ -26,12 +26,6 @@ VERSION = 1
 _WINDOWS = {"5h": "window_5h_amounts", "7d": "window_7d_amounts"}
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _map(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
 
 
 def line(record: dict[str, Any]) -> bytes:
@@ -44,7 +38,7 @@ async def _account_records(client: avalkey.Valkey, account_id: str) -> list[dict
         try:
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(ak.keys)
-                key_ids = sorted(_s(k) for k in await pipe.smembers(ak.keys))
+                key_ids = sorted(str(k) for k in await pipe.smembers(ak.keys))
                 pipe.multi()
                 pipe.hgetall(ak.account)
                 for name in _WINDOWS.values():
@@ -62,28 +56,28 @@ async def _account_records(client: avalkey.Valkey, account_id: str) -> list[dict
     account, w5, w7, daily, log, events, *per_key = replies
     if not account:
         return []  # deleted between listing and reading
-    out: list[dict[str, Any]] = [{"type": "account", "id": account_id, "fields": _map(account)}]
+    out: list[dict[str, Any]] = [{"type": "account", "id": account_id, "fields": dict(account)}]
     for i, key_id in enumerate(key_ids):
         fields, ips = per_key[2 * i], per_key[2 * i + 1]
         if fields:
             out.append(
-                {"type": "key", "account_id": account_id, "key_id": key_id, "fields": _map(fields)}
+                {"type": "key", "account_id": account_id, "key_id": key_id, "fields": dict(fields)}
             )
         if ips:
             out.append(
-                {"type": "bindings", "account_id": account_id, "key_id": key_id, "ips": _map(ips)}
+                {"type": "bindings", "account_id": account_id, "key_id": key_id, "ips": dict(ips)}
             )
     for window, amounts in zip(_WINDOWS, (w5, w7), strict=True):
         if amounts:
             out.append(
                 {"type": "window", "account_id": account_id, "window": window,
-                 "buckets": _map(amounts)}
+                 "buckets": dict(amounts)}
             )  # fmt: skip
     if daily:
-        out.append({"type": "hourly", "account_id": account_id, "fields": _map(daily)})
+        out.append({"type": "hourly", "account_id": account_id, "fields": dict(daily)})
     for kind, stream in (("request_log", log), ("events", events)):
         if stream:
-            entries = [[_s(entry_id), _map(fields)] for entry_id, fields in stream]
+            entries = [[str(entry_id), dict(fields)] for entry_id, fields in stream]
             out.append({"type": kind, "account_id": account_id, "entries": entries})
     return out
 
@@ -91,23 +85,23 @@ async def _account_records(client: avalkey.Valkey, account_id: str) -> list[dict
 async def export(client: avalkey.Valkey) -> AsyncIterator[bytes]:
     """The snapshot, line by line."""
     yield line({"type": "snapshot", "format": FORMAT, "version": VERSION})
-    plans = _map(await client.hgetall(keyspace.PLANS))
+    plans = dict(await client.hgetall(keyspace.PLANS))
     for name in sorted(plans):
         yield line({"type": "plan", "name": name, "plan": orjson.loads(plans[name])})
     # The pool: each upstream's configuration with its key still sealed (restoring it
     # needs the same master key: ANTEX_SECRET_KEY or the data dir's secret.key).
-    members = {_s(i) for i in await client.smembers(upstream_store.IDS)}
+    members = {str(i) for i in await client.smembers(upstream_store.IDS)}
     for upstream_id in sorted(members | {upstream_store.ENV_ID}):
-        fields = _map(await client.hgetall(upstream_store.record_key(upstream_id)))
+        fields = dict(await client.hgetall(upstream_store.record_key(upstream_id)))
         if fields:
             yield line({"type": "upstream", "id": upstream_id, "pooled":
                         upstream_id in members, "fields": fields})  # fmt: skip
-    tokens = _map(await client.hgetall(keyspace.ADMIN_TOKENS))
+    tokens = dict(await client.hgetall(keyspace.ADMIN_TOKENS))
     for digest in sorted(tokens):
         yield line(
             {"type": "admin_token", "digest": digest, "meta": orjson.loads(tokens[digest])}
         )
-    ids = sorted({_s(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=1000)})
+    ids = sorted({str(a) async for a in client.sscan_iter(keyspace.ACCOUNTS, count=1000)})
     for account_id in ids:
         for record in await _account_records(client, account_id):
             yield line(record)
@@ -116,8 +110,8 @@ async def export(client: avalkey.Valkey) -> AsyncIterator[bytes]:
         ("deletion_request", keyspace.DELETION_REQUESTS, "account_id"),
     ):
         for member, score in await client.zrange(zset, 0, -1, withscores=True):
-            yield line({"type": kind, field: _s(member), "at_ms": int(score)})
-    done = _map(await client.hgetall(keyspace.DELETIONS_DONE))
+            yield line({"type": kind, field: str(member), "at_ms": int(score)})
+    done = dict(await client.hgetall(keyspace.DELETIONS_DONE))
     for digest in sorted(done):
         yield line(
             {

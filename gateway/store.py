@@ -83,8 +83,10 @@ def is_cluster(url: str) -> bool:
 
 
 def open_client(url: str, **options: Any) -> Any:
-    """The client for ``url``; every command-level option (e.g. decode_responses) passes on.
+    """The client for ``url``; command-level options pass on. Replies are always decoded to
+    ``str`` (one decode mode: every value the gateway stores is UTF-8 text).
     Raises ConfigError for an empty URL or a Sentinel URL without hosts or service."""
+    options["decode_responses"] = True
     if is_cluster(url):
         plain = url.replace("+cluster", "", 1)
         options.pop("max_connections", None)
@@ -152,8 +154,6 @@ class Scripts:
         with fail_closed():
             for script in self._scripts.values():
                 sha = await cast(Awaitable[Any], client.script_load(script.source))
-                if isinstance(sha, bytes):
-                    sha = sha.decode()
                 if sha != script.sha:
                     raise RuntimeError(f"{script.name}.lua loaded as {sha}, expected {script.sha}")
 

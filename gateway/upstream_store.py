@@ -38,9 +38,6 @@ def record_key(upstream_id: str) -> str:
     return f"{PREFIX}:upstream:{upstream_id}"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRecord:
@@ -61,7 +58,7 @@ class UpstreamRecord:
 
     @classmethod
     def from_hash(cls, raw: dict[Any, Any]) -> UpstreamRecord:
-        h = {_text(k): _text(v) for k, v in raw.items()}
+        h = {str(k): str(v) for k, v in raw.items()}
         models = tuple(m for m in h.get("models", "").split(",") if m)
         return cls(
             id=h["id"],
@@ -109,7 +106,7 @@ def check_weight(weight: int) -> int:
 
 
 async def list_records(client: Any) -> list[UpstreamRecord]:
-    ids = sorted(_text(i) for i in await client.smembers(IDS))
+    ids = sorted(str(i) for i in await client.smembers(IDS))
     if not ids:
         return []
     pipe = client.pipeline(transaction=False)
@@ -180,7 +177,7 @@ async def set_enabled(
     fields |= {"disabled_reason": "", "disabled_ms": ""} if enabled else {
         "disabled_reason": reason or "disabled by the operator", "disabled_ms": str(now_ms)}
     cooling = [
-        f for f in map(_text, await client.hkeys(COOL)) if f.split("|")[0] == upstream_id
+        f for f in map(str, await client.hkeys(COOL)) if f.split("|")[0] == upstream_id
     ] if enabled else []  # fmt: skip
     pipe = client.pipeline(transaction=False)
     pipe.hset(record_key(upstream_id), mapping=fields)
@@ -220,7 +217,7 @@ async def publish(client: Any, event: dict[str, Any]) -> None:
 async def cooldowns(client: Any, now_ms: int) -> dict[str, int]:
     """Live cooldowns, "<id>" or "<id>|<model>" -> until (epoch ms)."""
     raw = await client.hgetall(COOL)
-    live = {_text(k): int(v) for k, v in raw.items()}
+    live = {str(k): int(v) for k, v in raw.items()}
     return {k: v for k, v in live.items() if v > now_ms}
 
 
@@ -233,7 +230,7 @@ async def health_reports(client: Any) -> dict[str, dict[str, Any]]:
         except orjson.JSONDecodeError:
             continue
         if isinstance(report, dict):
-            out[_text(k)] = report
+            out[str(k)] = report
     return out
 
 

@@ -32,9 +32,6 @@ class OperatorSession:
     expires_ms: int
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class ConsoleSessions:
     def __init__(self, client: Any, clock: Callable[[], int], trusted: Sequence[IPNetwork]):
@@ -56,12 +53,12 @@ class ConsoleSessions:
             SESSION_PREFIX + digest(token), "op", "name", "scope", "expires"
         )
         op, name, scope, expires = raw
-        if op is None or expires is None or int(_text(expires)) <= self._clock():
+        if op is None or expires is None or int(str(expires)) <= self._clock():
             return None
         # A revoked operator token ends every session it opened.
-        if not await self._client.hexists(keyspace.ADMIN_TOKENS, _text(op)):
+        if not await self._client.hexists(keyspace.ADMIN_TOKENS, str(op)):
             return None
-        return OperatorSession(token, _text(name), _text(scope), int(_text(expires)))
+        return OperatorSession(token, str(name), str(scope), int(str(expires)))
 
     async def create(self, operator_token: str) -> OperatorSession | None:
         """A session for a valid operator token, else None."""

@@ -67,7 +67,7 @@ def _int(value: bytes | str) -> int:
 
 
 def parse_aggregates(
-    raw: Mapping[bytes, bytes] | Mapping[str, str],
+    raw: Mapping[str, str],
     now_ms: int,
     limit_7d_mc: int,
     days: int = 7,
@@ -79,8 +79,7 @@ def parse_aggregates(
     models: dict[str, ModelTokens] = {}
     day_requests: dict[int, int] = {}
     day_tokens: dict[int, int] = {}
-    for key, value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else key
+    for name, value in raw.items():
         kind = name[:2]
         if kind == "h:":
             index = _int(name[2:]) - first_hour

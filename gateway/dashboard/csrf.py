@@ -29,7 +29,7 @@ class Csrf:
             # SET NX GET: the first worker wins and every other one reads its value.
             found = await self._client.set(SECRET_KEY, mine, nx=True, get=True)
             raw = mine if found is None else found
-            self._secret = raw.encode() if isinstance(raw, str) else bytes(raw)
+            self._secret = str(raw).encode()
         return self._secret
 
     async def token(self, session_token: str) -> str:

@@ -42,9 +42,6 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def over_tls(request: Request, trusted: Sequence[IPNetwork]) -> bool:
     """True when the browser reached us over TLS: directly, or through a trusted proxy
@@ -86,10 +83,10 @@ class Sessions:
         account, expires = raw
         if account is None or expires is None:
             return None
-        expires_ms = int(_text(expires))
+        expires_ms = int(str(expires))
         if expires_ms <= self._clock():
             return None
-        return Session(token, _text(account), expires_ms)
+        return Session(token, str(account), expires_ms)
 
     async def create(self, account_id: str) -> Session:
         token = new_token()

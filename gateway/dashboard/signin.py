@@ -36,9 +36,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def link_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}{LINK_PATH}?token={quote(token)}"
@@ -56,7 +53,7 @@ async def issue_link(client: Any, account_id: str, base_url: str, now_ms: int) -
 def _valid(raw: Any, now_ms: int) -> str | None:
     if raw is None:
         return None
-    account_id, _, expires = _text(raw).partition(" ")
+    account_id, _, expires = str(raw).partition(" ")
     if not expires.isdigit() or int(expires) <= now_ms:
         return None
     return account_id

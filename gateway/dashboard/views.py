@@ -22,13 +22,10 @@ RECENT_REQUESTS = 25
 DELETION_REQUESTS = keyspace.DELETION_REQUESTS
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _int(value: Any, default: int = 0) -> int:
     try:
-        return int(_text(value))
+        return int(str(value))
     except (TypeError, ValueError):
         return default
 
@@ -67,14 +64,14 @@ async def _key_labels(client: Any, account_id: str) -> dict[str, str]:
     """Key id -> name in two round trips whatever the number of keys (the usage page
     needs names only; list_keys reads every key's whole record one by one)."""
     ak = keyspace.AccountKeys(account_id)
-    ids = sorted(_text(k) for k in await client.smembers(ak.keys))
+    ids = sorted(str(k) for k in await client.smembers(ak.keys))
     if not ids:
         return {}
     pipe = client.pipeline(transaction=False)
     for key_id in ids:
         pipe.hget(ak.key(key_id), "name")
     names = await pipe.execute()
-    return {key_id: _text(n) for key_id, n in zip(ids, names, strict=True) if n is not None}
+    return {key_id: str(n) for key_id, n in zip(ids, names, strict=True) if n is not None}
 
 
 def _window(key: str, title: str, data: dict[str, Any]) -> Window:
@@ -104,7 +101,7 @@ async def usage_page(
     names = await _key_labels(client, account_id)
     recent = []
     for _entry_id, fields in log_entries:
-        f = {_text(k): _text(v) for k, v in fields.items()}
+        f = {str(k): str(v) for k, v in fields.items()}
         cache_write = _int(f.get("cache_creation_input_tokens"))
         recent.append(
             {

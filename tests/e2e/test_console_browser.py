@@ -81,7 +81,7 @@ def call(url: str, key: str, ip: str) -> int:
 def quarantine(valkey_url: str, account_id: str, key_id: str) -> None:
     # What admit.lua writes when it quarantines a key (reaching it over HTTP is tested in
     # the key-security tests).
-    client = valkey.Valkey.from_url(valkey_url)
+    client = valkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         client.hset(keyspace.AccountKeys(account_id).key(key_id),
                     mapping={"status": "quarantined", "quarantine_reason": "3 unknown IPs",
@@ -93,7 +93,7 @@ def quarantine(valkey_url: str, account_id: str, key_id: str) -> None:
 
 def flag(valkey_url: str, account_id: str) -> None:
     # What admit.lua writes when an account's keys are seen from too many networks.
-    client = valkey.Valkey.from_url(valkey_url)
+    client = valkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         client.hset(keyspace.AccountKeys(account_id).account,
                     mapping={"shared_flag_ms": str(system_clock()),
@@ -253,7 +253,7 @@ async def test_the_console_refuses_without_a_valid_session_or_csrf(
         assert bad.status_code == 401 and "not a valid operator token" in bad.text
 
     # A customer's dashboard session is no console session.
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         dash = await Sessions(client, system_clock, ()).create(customer.account_id)
     finally:
@@ -264,7 +264,7 @@ async def test_the_console_refuses_without_a_valid_session_or_csrf(
         assert answer.status_code == 303 and answer.headers["location"].endswith("/signin")
 
     # A read-only token's session can look but not change anything.
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         _, viewer = await admin_tokens.create_token(client, "viewer", now_ms=0, scope="read")
     finally:

@@ -184,7 +184,7 @@ async def new_customer(
     valkey_url: str, plan: Plan | None = None, *, key_name: str = "test"
 ) -> Customer:
     """An account and key made by the same code the CLI uses."""
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         await list_plans(client)  # seeds the shipped plans on first use
         plan_name = "pro"

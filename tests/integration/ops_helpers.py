@@ -80,7 +80,7 @@ def cli(stack: Stack, *args: str, stdin: str | None = None) -> CliResult:
 
 
 async def operator_token(valkey_url: str, name: str = "tests") -> str:
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         return (await admin_tokens.create_token(client, name, now_ms=time.time_ns() // 10**6))[1]
     finally:

@@ -83,7 +83,7 @@ async def test_a_key_sharing_flag_reaches_the_webhook_once(
     """A plan of 1 key x 1 IP slot: keys replaced one after another, each used from its own
     machine, put a second network on the account; the flag is reported, nothing is locked."""
     customer = await new_customer(valkey_url, ONE_KEY)
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     with webhook_receiver() as receiver:
         port = free_port()
         (tmp_path / "data").mkdir()
@@ -112,7 +112,7 @@ async def test_a_key_sharing_flag_reaches_the_webhook_once(
 
 
 def _alerts(valkey_url: str, receiver_url: str) -> tuple[Alerts, avalkey.Valkey]:
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     config = Settings(webhook_urls=(receiver_url,), webhook_secret=SECRET)
     return Alerts(config, client, backoff_s=0.05), client
 

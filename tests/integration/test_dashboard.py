@@ -453,7 +453,7 @@ async def test_the_cli_issues_a_link_for_gateways_without_mail(
 
 
 async def key_count(valkey_url: str, account_id: str) -> int:
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         return len(await accounts.list_keys(client, account_id))
     finally:

@@ -72,7 +72,7 @@ async def test_delete_erases_every_trace_of_the_account(stack: Stack, valkey_url
     assert cli(stack, "login-link", customer.email).code == 0
     assert cli(stack, "account", "plan", bystander.email, "max").code == 0
 
-    client = avalkey.Valkey.from_url(valkey_url)
+    client = avalkey.Valkey.from_url(valkey_url, decode_responses=True)
     try:
         now = server_now(stack)
         session = await Sessions(client, system_clock, ()).create(customer.account_id)
@@ -166,7 +166,7 @@ async def test_the_erasure_reaches_valkeys_files_on_disk(tmp_path: Any) -> None:
     url = await asyncio.to_thread(server.start)
     try:
         customer = await new_customer(url)
-        client = avalkey.Valkey.from_url(url)
+        client = avalkey.Valkey.from_url(url, decode_responses=True)
         try:
             await erase_account(client, customer.account_id, system_clock())
             for _ in range(200):  # poll until both background rewrites have finished

@@ -43,7 +43,7 @@ TWO_IPS = Plan("sec-ip2", 1_000, 10_000, ip_slots=2, concurrency=8, period_days=
 
 
 async def bound_ips(stack: Stack, account_id: str, key_id: str) -> list[str]:
-    client = avalkey.Valkey.from_url(stack.valkey_url)
+    client = avalkey.Valkey.from_url(stack.valkey_url, decode_responses=True)
     try:
         found = await accounts.list_ips(client, account_id, key_id)
     finally:
@@ -272,7 +272,7 @@ async def test_a_throttled_shared_address_still_lets_valid_keys_through(stack: S
 
 
 async def test_no_plan_expired_plan_and_cancelled_plan_are_refused(stack: Stack) -> None:
-    client = avalkey.Valkey.from_url(stack.valkey_url)
+    client = avalkey.Valkey.from_url(stack.valkey_url, decode_responses=True)
     try:
         no_plan = await accounts.create_account(
             client, f"np-{secrets.token_hex(4)}@t.test", None, now_ms=system_clock()

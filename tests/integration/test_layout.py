@@ -130,7 +130,7 @@ async def test_nodes_starting_together_migrate_once(own_valkey: str) -> None:
         return 0
 
     steps = (*layout.STEPS, layout.Step(layout.CURRENT + 1, "test step", slow_step))
-    clients = [avalkey.Valkey.from_url(own_valkey) for _ in range(5)]
+    clients = [avalkey.Valkey.from_url(own_valkey, decode_responses=True) for _ in range(5)]
     try:
         versions = await asyncio.gather(*(layout.ensure_layout(c, steps) for c in clients))
         assert versions == [layout.CURRENT + 1] * 5

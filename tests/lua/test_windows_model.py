@@ -133,12 +133,11 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
             self.clock = FakeClock()
             self.model = Model()
             self.account_id = uuid.uuid4().hex[:16]
-            # Bytes replies, unlike the other tests, so both decode paths are exercised.
             self.client = self.run(self._connect())
             self.limiter = CreditLimiter(self.client, Scripts(), self.clock, LimiterSettings())
 
         async def _connect(self) -> avalkey.Valkey:
-            client = avalkey.Valkey.from_url(url, decode_responses=False)
+            client = avalkey.Valkey.from_url(url, decode_responses=True)
             await make_account(
                 client, self.account_id, limit_5h_mc=LIMIT_5H, limit_7d_mc=LIMIT_7D,
                 concurrency=CONCURRENCY, period_end_ms=T0 + 365 * DAY,
@@ -244,7 +243,7 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
             keys = AccountKeys(self.account_id)
             for key in (keys.window_5h_amounts, keys.window_7d_amounts):
                 raw = self.run(self.client.hgetall(key))
-                fields = {k.decode(): int(v) for k, v in raw.items()}
+                fields = {k: int(v) for k, v in raw.items()}
                 buckets = sum(v for k, v in fields.items() if k.isdigit())
                 assert fields.get("total", 0) == buckets
 
