@@ -41,9 +41,9 @@ def test_hours_and_days_outside_the_seven_days_are_ignored() -> None:
     assert agg.days[-1].requests == 2
 
 
-def test_bytes_from_valkey_parse_like_text() -> None:
+def test_fields_parse_with_colons_in_model_names() -> None:
     hour = NOW // HOUR
-    raw = {f"h:{hour}".encode(): b"42", b"d:1:model:with:colons:out": b"7"}
+    raw = {f"h:{hour}": "42", "d:1:model:with:colons:out": "7"}
     agg = charts.parse_aggregates(raw, NOW, 1000)
     assert agg.hourly_mc[-1] == 42
     assert agg.models == ()  # day 1 is long gone
