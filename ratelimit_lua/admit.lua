@@ -226,11 +226,14 @@ if #expired > 0 then
   redis.call('HINCRBY', KEYS[8], 'total', int(-freed))
 end
 local in_flight = redis.call('ZCARD', KEYS[7])
-local reserved = 0
+-- previous: this request id's own earlier reservation (a repeat replaces it), read in the
+-- same command as the total.
+local reserved, previous = 0, nil
 if in_flight == 0 then
   redis.call('DEL', KEYS[8])
 else
-  reserved = tonumber(redis.call('HGET', KEYS[8], 'total')) or 0
+  local held = redis.call('HMGET', KEYS[8], 'total', request_id)
+  reserved, previous = tonumber(held[1]) or 0, tonumber(held[2])
 end
 
 -- 6. Concurrency.
@@ -255,7 +258,6 @@ if full5 or full7 then
   return {'5h', f5, used5, limit5}
 end
 -- A repeated request id replaces its earlier reservation.
-local previous = tonumber(redis.call('HGET', KEYS[8], request_id))
 if previous then
   reserved = reserved - previous
   in_flight = in_flight - 1
