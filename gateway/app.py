@@ -91,6 +91,7 @@ class Resources:
             Path(settings.data_dir) / "spool",
             interval_s=settings.settle_flush_ms / 1000,
             call_timeout_s=settings.settle_timeout_s,
+            checkpoint_s=settings.checkpoint_ms / 1000,
             on_error=self._settle_error,
         )
         self.auth = Authenticator(

@@ -160,6 +160,8 @@ class Settings:
     settle_flush_ms: int = 25
     # A settle round trip unanswered this long (s) is retried (a repeat is a no-op).
     settle_timeout_s: float = 5.0
+    # Open streams' provisional charges are re-spooled at most this often (ms).
+    checkpoint_ms: int = 1000
     # A stop waits this long for open requests, then for queued settlements.
     drain_seconds: int = 30
 
@@ -222,6 +224,7 @@ class Settings:
             reservation_ttl_s=_int(e, "ANTEX_RESERVATION_TTL", 120, 10),
             settle_flush_ms=_int(e, "ANTEX_SETTLE_FLUSH_MS", 25, 1),
             settle_timeout_s=_float(e, "ANTEX_SETTLE_TIMEOUT", 5.0),
+            checkpoint_ms=_int(e, "ANTEX_CHECKPOINT_MS", 1000, 50),
             drain_seconds=_int(e, "ANTEX_DRAIN_SECONDS", 30, 1),
         )
 

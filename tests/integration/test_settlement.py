@@ -238,7 +238,7 @@ async def test_gateway_killed_mid_stream_bills_and_releases_on_restart(faults: F
         await until(reconciled, "the spool's replay")
         entries, total, _ = await billing(store, c)
         check_once(entries, total, 4)
-        assert {e[b"error_type"] for e in entries} == {b"gateway_stopped"}
+        assert {e[b"error_type"] for e in entries} == {b"gateway_killed"}
         assert total > 0  # the input each request sent upstream
         # The cap of 4 is free at once, not after the reservations' lease.
         assert len(await asyncio.gather(*(stream(client, faults.url, c) for _ in range(4)))) == 4
@@ -380,3 +380,80 @@ async def test_a_client_leaving_a_non_streamed_request_closes_the_upstream_at_on
 
 async def _sim_started(stack: Stack, n: int) -> bool:
     return stack.sim_stats()["started"] >= n
+
+
+def spooled_output(data_dir: Path) -> dict[str, int]:
+    """Output tokens of each request's newest spooled charge (what a replay bills)."""
+    newest: dict[str, int] = {}
+    for path in (data_dir / "spool").glob("settle-*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            raw = orjson.loads(line)
+            if "r" in raw and raw["l"]:
+                entry = raw["l"]
+                fields = dict(zip(entry[::2], entry[1::2], strict=True))
+                newest[str(raw["r"])] = int(fields.get("output_tokens", 0))
+    return newest
+
+
+async def test_gateway_killed_mid_stream_bills_what_was_forwarded_by_the_last_checkpoint(
+    faults: Faults,
+) -> None:
+    c = await new_customer(faults.valkey.url, plan(10))
+    # ~6 s answers of 4 tokens per delta; checkpoints every second (the default).
+    headers = {"x-api-key": c.key, "x-sim-output-tokens": "400", "x-sim-chunks": "100",
+               "x-sim-chunk-delay-ms": "60"}  # fmt: skip
+    body = orjson.dumps(
+        {"model": MODEL, "max_tokens": 1024, "stream": True,
+         "messages": [{"role": "user", "content": "a long answer"}]}
+    )  # fmt: skip
+    # Per stream: (monotonic time, deltas received by then), one entry per delta.
+    received: list[list[tuple[float, int]]] = [[] for _ in range(5)]
+    ids: list[str] = [""] * 5
+
+    async def read(client: httpx.AsyncClient, n: int) -> None:
+        async with client.stream(
+            "POST", f"{faults.url}/v1/messages", content=body, headers=headers
+        ) as r:
+            assert r.status_code == 200
+            ids[n] = r.headers["request-id"]
+            async for line in r.aiter_lines():
+                if line.startswith("event: content_block_delta"):
+                    received[n].append((time.monotonic(), len(received[n]) + 1))
+
+    store = avalkey.Valkey.from_url(faults.valkey.url)
+    async with httpx.AsyncClient(timeout=30) as client:
+        running = asyncio.gather(*(read(client, n) for n in range(5)), return_exceptions=True)
+
+        async def two_seconds_of_deltas() -> bool:
+            return all(r and time.monotonic() - r[0][0] >= 2.0 for r in received)
+
+        await until(two_seconds_of_deltas, "2 s of deltas on 5 streams")
+        checkpointed = spooled_output(faults.data_dir)
+        faults.kill_gateway()
+        killed_at = time.monotonic()
+        await running
+    assert all(r[-1][1] < 100 for r in received)  # every stream was cut mid-answer
+    assert len(checkpointed) == 5 and min(checkpointed.values()) > 1
+    faults.start_gateway()
+
+    async def reconciled() -> bool:
+        entries, _, held = await billing(store, c)
+        return len(entries) == 5 and held == 0
+
+    await until(reconciled, "the spool's replay")
+    entries, total, held = await billing(store, c)
+    await store.aclose()
+    check_once(entries, total, 5)
+    assert held == 0
+    assert {e[b"error_type"] for e in entries} == {b"gateway_killed"}
+    billed = {e[b"request_id"].decode(): int(e[b"output_tokens"]) for e in entries}
+    for request_id, output in checkpointed.items():
+        # At least what was spooled before the kill (a later checkpoint may have added more).
+        assert billed[request_id] >= output > 1
+    # And at least what each client had received two checkpoints before the kill (slack
+    # for a busy machine delaying the checkpoint task): 4 tokens per delta.
+    for n, got in enumerate(received):
+        before = [count for at, count in got if at <= killed_at - 2.0]
+        assert billed[ids[n]] >= 4 * (before[-1] if before else 0)
+    print(f"\nkilled mid-stream: delivered {[r[-1][1] * 4 for r in received]} tokens, "
+          f"billed {sorted(billed.values())}")  # fmt: skip
