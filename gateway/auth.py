@@ -231,7 +231,7 @@ class Authenticator:
     async def _refuse(
         self, budget: str, account: str, key_id: str, ip_tag: str, throttled: bool,
         key_token: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """Over a budget: refused without hashing. Counted as a wrong secret for the
         operator's alert (a burst is what spent the budget), never remembered as wrong: the
         secret may be right."""
