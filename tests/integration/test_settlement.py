@@ -382,9 +382,11 @@ async def _sim_started(stack: Stack, n: int) -> bool:
     return stack.sim_stats()["started"] >= n
 
 
-def spooled_output(data_dir: Path) -> dict[str, int]:
-    """Output tokens of each request's newest spooled charge (what a replay bills)."""
+def spooled_output(data_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Output tokens of each request's newest spooled charge (what a replay bills), and how
+    many lines each request has in the spool."""
     newest: dict[str, int] = {}
+    lines: dict[str, int] = {}
     for path in (data_dir / "spool").glob("settle-*.jsonl"):
         for line in path.read_bytes().splitlines():
             raw = orjson.loads(line)
@@ -392,7 +394,8 @@ def spooled_output(data_dir: Path) -> dict[str, int]:
                 entry = raw["l"]
                 fields = dict(zip(entry[::2], entry[1::2], strict=True))
                 newest[str(raw["r"])] = int(fields.get("output_tokens", 0))
-    return newest
+                lines[str(raw["r"])] = lines.get(str(raw["r"]), 0) + 1
+    return newest, lines
 
 
 async def test_gateway_killed_mid_stream_bills_what_was_forwarded_by_the_last_checkpoint(
@@ -428,10 +431,13 @@ async def test_gateway_killed_mid_stream_bills_what_was_forwarded_by_the_last_ch
             return all(r and time.monotonic() - r[0][0] >= 2.0 for r in received)
 
         await until(two_seconds_of_deltas, "2 s of deltas on 5 streams")
-        checkpointed = spooled_output(faults.data_dir)
+        checkpointed, lines = spooled_output(faults.data_dir)
         faults.kill_gateway()
         killed_at = time.monotonic()
         await running
+    # One line at admission, then at most one per checkpoint interval (never per chunk).
+    streamed_s = killed_at - min(r[0][0] for r in received)
+    assert all(2 <= n <= streamed_s + 3 for n in lines.values()), (lines, streamed_s)
     assert all(r[-1][1] < 100 for r in received)  # every stream was cut mid-answer
     assert len(checkpointed) == 5 and min(checkpointed.values()) > 1
     faults.start_gateway()
