@@ -1,12 +1,16 @@
 """Legit latency while strangers send wrong secrets for a known key id: p50/p99 of cache-hit
 requests alone, then during bursts (one address, then 200 addresses, then the same traffic
-for an unknown key id as a control for the attack's plain load). Usage:
+for an unknown key id as a control for the attack's plain load). Each phase also reports
+the bcrypt runs and unhashed refusals (antex_auth_bcrypt*) and ``other_cpu_s``: CPU seconds
+the rest of the machine used meanwhile, so a noisy run is visible. Usage:
 `python -m bench.wrong_secrets [--seconds 8]`; prints one JSON line."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import secrets
 import statistics
 import tempfile
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 
 from bench import stack
 
@@ -68,8 +73,22 @@ def p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 2 else 0.0
 
 
+def bcrypt_counts(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    pattern = r'^antex_auth_bcrypt(_refused)?_total\{\w+="(\w+)"\} (\S+)$'
+    return {
+        ("refused_" if refused else "bcrypt_") + label: float(value)
+        for refused, label, value in re.findall(pattern, text, re.M)
+    }
+
+
 async def phase(
-    url: str, keys: list[str], victim: str, seconds: float, addresses: list[str]
+    url: str,
+    keys: list[str],
+    victim: str,
+    seconds: float,
+    addresses: list[str],
+    ours: list[psutil.Process],
 ) -> dict[str, float]:
     until = time.perf_counter() + seconds
     lat: list[float] = []
@@ -80,13 +99,19 @@ async def phase(
         if addresses
         else []
     )
+    counts = bcrypt_counts(url)
+    busy, own = stack.machine_busy_seconds(), stack.tree_cpu(ours)
     await asyncio.gather(*tasks)
+    other = (stack.machine_busy_seconds() - busy) - (stack.tree_cpu(ours) - own)
+    after = bcrypt_counts(url)
     return {
         "requests": len(lat),
         "p50_ms": round(p(lat, 50), 2),
         "p99_ms": round(p(lat, 99), 2),
         "wrong_secrets": sent[0],
-    }
+        **{name: round(after[name] - counts.get(name, 0.0)) for name in after},
+        "other_cpu_s": round(max(0.0, other), 2),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -95,23 +120,30 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        valkey, _ = stack.start_valkey(work)
+        valkey, valkey_proc = stack.start_valkey(work)
         sim = stack.start_simulator(work, burst=True)
         antex = stack.start_antex(work, work, valkey.url, f"http://127.0.0.1:{sim.port}")
         try:
             _, keys = stack.customer(valkey.url, "legit@bench.local", keys=4)
             _, (victim,) = stack.customer(valkey.url, "victim@bench.local")
             url = f"http://127.0.0.1:{antex.port}"
+            me = psutil.Process(os.getpid())
+
+            def ours() -> list[psutil.Process]:
+                return [me, valkey_proc, *antex.processes(), *sim.processes()]
+
             many = [f"127.0.9.{i}" for i in range(1, 201)]
-            asyncio.run(phase(url, keys, victim, 2, []))  # warm the key cache
+            asyncio.run(phase(url, keys, victim, 2, [], ours()))  # warm the key cache
             result = {
-                "baseline": asyncio.run(phase(url, keys, victim, args.seconds, [])),
-                "one_address": asyncio.run(phase(url, keys, victim, args.seconds, ["127.0.0.70"])),
-                "200_addresses": asyncio.run(phase(url, keys, victim, args.seconds, many)),
+                "baseline": asyncio.run(phase(url, keys, victim, args.seconds, [], ours())),
+                "one_address": asyncio.run(
+                    phase(url, keys, victim, args.seconds, ["127.0.0.70"], ours())
+                ),
+                "200_addresses": asyncio.run(phase(url, keys, victim, args.seconds, many, ours())),
                 # Control: the same traffic for a key id that does not exist (no bcrypt, one
                 # Valkey read): what the attack costs as plain load.
                 "200_addresses_unknown_id": asyncio.run(
-                    phase(url, keys, "sk_live_000000000000_x", args.seconds, many)
+                    phase(url, keys, "sk_live_000000000000_x", args.seconds, many, ours())
                 ),
             }
             print(orjson.dumps(result).decode())

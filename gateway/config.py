@@ -261,6 +261,8 @@ class Settings:
     settle_flush_ms: int = field(default=25, metadata=_env("ANTEX_SETTLE_FLUSH_MS", "int", 1))
     # A settle round trip unanswered this long (s) is retried (a repeat is a no-op).
     settle_timeout_s: float = field(default=5.0, metadata=_env("ANTEX_SETTLE_TIMEOUT", "float"))
+    # Open streams' provisional charges are re-spooled at most this often (ms).
+    checkpoint_ms: int = field(default=1000, metadata=_env("ANTEX_CHECKPOINT_MS", "int", 50))
     # A stop waits this long for open requests, then for queued settlements.
     drain_seconds: int = field(default=30, metadata=_env("ANTEX_DRAIN_SECONDS", "int", 1))
 

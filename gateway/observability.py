@@ -200,6 +200,22 @@ class Metrics:
             "Wrong secrets presented for existing key ids (brute force on a known id).",
             registry=own,
         )
+        bcrypt = Counter(
+            "antex_auth_bcrypt",
+            "bcrypt verifications run (cache misses of keys that exist), by result (match, "
+            "mismatch).",
+            ("result",),
+            registry=own,
+        )
+        self._bcrypt = {True: bcrypt.labels("match"), False: bcrypt.labels("mismatch")}
+        refused = Counter(
+            "antex_auth_bcrypt_refused",
+            "Verifications refused without hashing because wrong secrets spent a budget, by "
+            "budget (key: the key id's, address: the address's).",
+            ("budget",),
+            registry=own,
+        )
+        self._bcrypt_refused = {b: refused.labels(b) for b in ("key", "address")}
         self._security = Counter(
             "antex_security_events",
             "Security events written for the operator, by type (wrong_secrets: a burst of "
@@ -304,6 +320,12 @@ class Metrics:
 
     def auth_lookup(self, hit: bool) -> None:
         (self._auth_hit if hit else self._auth_miss).inc()
+
+    def bcrypt(self, matched: bool) -> None:
+        self._bcrypt[matched].inc()
+
+    def bcrypt_refused(self, budget: str) -> None:
+        self._bcrypt_refused[budget].inc()
 
     def wrong_secret(self, alerted: bool) -> None:
         self._wrong_secrets.inc()

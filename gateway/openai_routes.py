@@ -313,6 +313,8 @@ class OpenAIRoutes:
             splitter = EventSplitter()
             ended = errored = final = False
             forwarded = 0  # content bytes of the deltas translated so far
+            # Checkpointed: a killed gateway bills what was forwarded by the last checkpoint.
+            self.p.track_stream(ticket, lambda: (billed, final, forwarded))
             try:
                 if head:
                     yield head

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,7 +237,7 @@ class Pipeline:
                 record={"model": model.id, "route": route, "key_id": authed.key_id,
                         "ip_tag": ip_tag, "status": 200, "credits_mc": input_mc,
                         "estimate_mc": estimate, "stream": int(bool(payload.get("stream"))),
-                        "error_type": "gateway_stopped"},
+                        "error_type": "gateway_killed"},
             )
         )  # fmt: skip
         return Ticket(
@@ -335,19 +336,46 @@ class Pipeline:
         else:
             outcome = "ok"
         if content_bytes is not None:
-            max_tokens = ticket.payload.get("max_tokens")
-            usage = with_forwarded_output(
-                usage, final, content_bytes, max_tokens if isinstance(max_tokens, int) else None
-            )
+            usage = self._forwarded(ticket, usage, final, content_bytes)
         self.finish(ticket, usage, 200, outcome)
 
-    def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
-        """Bills what the upstream reported and records metadata; never blocks the response."""
+    def track_stream(
+        self, ticket: Ticket, so_far: Callable[[], tuple[dict[str, Any], bool, int]]
+    ) -> None:
+        """Checkpoints an open stream: should this process be killed, a restart bills what
+        ``so_far()`` says was forwarded by the last checkpoint ((usage, final, content
+        bytes) as ``finish_stream`` takes them), recorded as ``gateway_killed``."""
+
+        def provisional() -> Charge:
+            usage, final, content_bytes = so_far()
+            usage = self._forwarded(ticket, usage, final, content_bytes)
+            if "input_tokens" not in usage:
+                usage = {**usage, "input_tokens": estimate_tokens(len(ticket.body))}
+            record, _, cost = self._record(ticket, usage, 200, "gateway_killed")
+            return self.limiter.charge(
+                account_id=ticket.authed.account_id, key_id=ticket.authed.key_id,
+                request_id=ticket.request_id, cost_mc=cost, record=record,
+            )  # fmt: skip
+
+        self.settler.track(ticket.request_id, provisional)
+
+    @staticmethod
+    def _forwarded(
+        ticket: Ticket, usage: dict[str, Any], final: bool, content_bytes: int
+    ) -> dict[str, Any]:
+        max_tokens = ticket.payload.get("max_tokens")
+        return with_forwarded_output(
+            usage, final, content_bytes, max_tokens if isinstance(max_tokens, int) else None
+        )
+
+    def _record(
+        self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str
+    ) -> tuple[dict[str, Any], Usage, int]:
+        """The usage log entry (metadata only), the billed usage and its cost in mc."""
         billed = Usage.from_anthropic(usage)
         cost = cost_mc(billed, ticket.model.rates)
         latency_s = time.perf_counter() - ticket.started
         ttfb_s = ticket.ttfb if ticket.ttfb is not None else latency_s
-        latency_ms, ttfb_ms = int(latency_s * 1000), int(ttfb_s * 1000)
         record: dict[str, Any] = {
             "model": ticket.model.id,
             "route": ticket.route,
@@ -362,8 +390,8 @@ class Pipeline:
             "output_tokens": billed.output_tokens,
             "credits_mc": cost,
             "estimate_mc": ticket.estimate_mc,
-            "latency_ms": latency_ms,
-            "ttfb_ms": ttfb_ms,
+            "latency_ms": int(latency_s * 1000),
+            "ttfb_ms": int(ttfb_s * 1000),
             "stream": int(ticket.stream),
             "disconnected": int(outcome == "client_disconnected"),
         }
@@ -371,6 +399,13 @@ class Pipeline:
             record["upstream_request_id"] = ticket.upstream_request_id
         if outcome != "ok":
             record["error_type"] = outcome
+        return record, billed, cost
+
+    def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
+        """Bills what the upstream reported and records metadata; never blocks the response."""
+        record, billed, cost = self._record(ticket, usage, status, outcome)
+        latency_s = record["latency_ms"] / 1000
+        ttfb_s = record["ttfb_ms"] / 1000
         self.metrics.request_done(
             ticket.route, status, ticket.model.id, latency_s, ttfb_s, billed, cost
         )

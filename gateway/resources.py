@@ -85,6 +85,7 @@ class Resources:
             Path(settings.data_dir) / "spool",
             interval_s=settings.settle_flush_ms / 1000,
             call_timeout_s=settings.settle_timeout_s,
+            checkpoint_s=settings.checkpoint_ms / 1000,
             on_error=self._settle_error,
         )
         self.auth = Authenticator(
@@ -94,6 +95,8 @@ class Resources:
             on_bad_secret=self._bad_secret,
         )
         self.auth.on_cache_lookup = self.metrics.auth_lookup
+        self.auth.on_bcrypt = self.metrics.bcrypt
+        self.auth.on_refused = self.metrics.bcrypt_refused
         self.pipeline = Pipeline(
             settings, self.auth, self.limiter, self.catalog, self.metrics, self.settler
         )

@@ -114,13 +114,17 @@ class AnthropicRoutes:
         metrics.stream_opened()
 
         async def provider() -> Any:
+            scanner = state.scanner
+            # Checkpointed: a killed gateway bills what was forwarded by the last checkpoint.
+            self.p.track_stream(ticket, lambda: (
+                scanner.billed_usage(), "output_tokens" in scanner.usage, scanner.content_bytes()
+            ))  # fmt: skip
             try:
                 async for chunk in passthrough(resp, state, ticket.first_byte):
                     yield chunk
             finally:
                 departure.stop()
                 metrics.stream_closed()
-                scanner = state.scanner
                 self.p.finish_stream(
                     ticket, state, scanner.billed_usage(), scanner.error is not None,
                     final="output_tokens" in scanner.usage,

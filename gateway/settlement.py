@@ -8,6 +8,11 @@ every account's charges and lease renewals as one settle.lua call each, all pipe
 one round trip. Valkey remembers settled request ids, so a retry after an ambiguous
 failure, or a spool replay, never bills twice. A failed flush keeps everything queued and
 retries with backoff until Valkey acknowledges it.
+
+An open request's provisional charge (what a restart bills should this process die) is
+spooled at admission; a tracked one (a stream) is re-evaluated every ``checkpoint_s`` and
+the ones that changed are rewritten in one append, so a kill bills what was delivered up to
+the last checkpoint. Replay keeps the newest line per request id.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Settler:
         batch_target: int = 32,
         batch_max: int = 256,
         call_timeout_s: float = 5.0,
+        checkpoint_s: float = 1.0,
         notify: events.Notify = events.ignore,
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
@@ -60,6 +66,10 @@ class Settler:
         self._leases: dict[str, tuple[str, float]] = {}
         # Their charges should this process die: spooled at admission, kept over truncation.
         self.open: dict[str, Charge] = {}
+        # Re-evaluated at each checkpoint: request id -> its provisional charge now.
+        self._tracked: dict[str, Callable[[], Charge]] = {}
+        self.checkpoint_s = checkpoint_s
+        self._checkpointer: asyncio.Task[None] | None = None
         self._renew_every_s = limiter.settings.reservation_ttl_ms / 3000
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -78,10 +88,42 @@ class Settler:
         if self.spool is not None:
             self.spool.append((provisional,))
 
+    def track(self, request_id: str, provisional: Callable[[], Charge]) -> None:
+        """A held request whose provisional charge grows while it runs (a stream):
+        ``provisional()`` is called at each checkpoint, on the loop, and must be cheap."""
+        if request_id in self.open:
+            self._tracked[request_id] = provisional
+
+    def checkpoint(self) -> int:
+        """Spools, in one append, the tracked provisional charges that changed since they
+        were last spooled; returns how many. Not fsync'd: this guards against a killed
+        process (the kernel keeps what was written), not against a power loss."""
+        changed: list[Charge] = []
+        for request_id, provisional in list(self._tracked.items()):
+            held = self.open.get(request_id)
+            if held is None:
+                del self._tracked[request_id]
+                continue
+            try:
+                charge = provisional()
+            except Exception:
+                # The admission-time charge stays: a bug here must not cost the request.
+                log.exception("checkpoint of a request failed; keeping its last charge")
+                del self._tracked[request_id]
+                continue
+            if _billed(charge) != _billed(held):
+                self.open[request_id] = charge
+                changed.append(charge)
+        if changed and self.spool is not None:
+            self.spool.append(changed)
+            self.spool.compact([*self.open.values(), *self.pending.values()])
+        return len(changed)
+
     def submit(self, charge: Charge) -> None:
         """Queues a settlement (or, with ``log=None``, a release) and spools it."""
         self._leases.pop(charge.request_id, None)
         self.open.pop(charge.request_id, None)
+        self._tracked.pop(charge.request_id, None)
         if not self.pending:
             self._oldest = time.monotonic()
         self.pending[charge.request_id] = charge
@@ -112,14 +154,17 @@ class Settler:
                 drop_orphan(path, fd)
         if self.pending:
             self._wake.set()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._checkpointer = loop.create_task(self._checkpoints())
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Flushes what is queued (for at most ``timeout_s``); the rest stays spooled."""
         self._leases.clear()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._checkpointer) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline:
             try:
@@ -160,6 +205,12 @@ class Settler:
                 await asyncio.sleep(backoff)
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
                 self._wake.set()
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_s)
+            if self._tracked:
+                self.checkpoint()
 
     async def _gather(self) -> None:
         """Waits while more charges are coming (requests in flight) and worth waiting for."""
@@ -260,3 +311,16 @@ class Settler:
              "worker_pid": os.getpid()},
             dedupe=events.per_minute(events.SETTLE_FAILED),
         )  # fmt: skip
+
+
+_VOLATILE = frozenset({"latency_ms", "ttfb_ms"})
+
+
+def _billed(charge: Charge) -> tuple[int, tuple[str | int, ...]]:
+    """What a checkpoint compares: the cost and the log without its timings."""
+    entry = charge.log or ()
+    kept: list[str | int] = []
+    for i in range(0, len(entry) - 1, 2):
+        if entry[i] not in _VOLATILE:
+            kept += (entry[i], entry[i + 1])
+    return charge.cost_mc, tuple(kept)

@@ -30,7 +30,8 @@ _COMPACT_BYTES = 4 * 1024 * 1024
 
 
 def read_unacked(data: bytes) -> list[Charge]:
-    """The charges of a spool file that no later ack line covers, in order, one per id."""
+    """The charges of a spool file that no later ack line covers, one per id: the newest
+    line of an id (a checkpoint, then the final charge) replaces the earlier ones."""
     charges: dict[str, Charge] = {}
     for line in data.splitlines():
         try:
