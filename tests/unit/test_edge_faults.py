@@ -12,6 +12,7 @@ import orjson
 import pytest
 import valkey.asyncio as avalkey
 from blacksheep import Application, Request, Response
+from blacksheep.server.routing import Router
 from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
 
@@ -23,7 +24,8 @@ SECRET = "sk-ant-canary-do-not-log"
 
 
 def make_app() -> Application:
-    app = Application(show_error_details=False)
+    # Its own router: blacksheep's default one may serve a single application per process.
+    app = Application(show_error_details=False, router=Router())
 
     async def handle(_: Application, request: Request, exc: AntexError) -> Response:
         return error_response(request, exc)
