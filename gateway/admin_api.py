@@ -26,6 +26,7 @@ from gateway import (
 )
 from gateway import admin_models as m
 from gateway.admin_routes import ROUTES, Route
+from gateway.anthropic_routes import json_response
 from gateway.clock import make_clock
 from gateway.errors import (
     AuthenticationFailed,
@@ -36,7 +37,6 @@ from gateway.errors import (
 )
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
-from gateway.routes import json_response
 from gateway.scripts import fail_closed
 from gateway.secretbox import SecretBox, load_master_key
 

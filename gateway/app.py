@@ -18,6 +18,7 @@ from valkey.backoff import NoBackoff
 
 from gateway import admin_api, errors, observability
 from gateway.alerts import Alerts
+from gateway.anthropic_routes import AnthropicRoutes, json_response
 from gateway.auth import Authenticator
 from gateway.catalog import load_catalog
 from gateway.clock import make_clock
@@ -31,10 +32,9 @@ from gateway.openai_routes import OpenAIRoutes
 from gateway.pipeline import Pipeline
 from gateway.pool_state import PoolView
 from gateway.pool_sync import PoolSync
-from gateway.proxy import Upstream
-from gateway.routes import AnthropicRoutes, json_response
 from gateway.scripts import Scripts
 from gateway.settlement import Settler
+from gateway.upstream import Upstream
 from gateway.valkey_client import is_cluster, open_client
 
 log = logging.getLogger("antex.app")

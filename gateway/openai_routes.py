@@ -19,16 +19,6 @@ from gateway import errors, wire
 from gateway.auth import AuthedKey
 from gateway.edge import request_id, stream_response
 from gateway.pipeline import Pipeline, Ticket
-from gateway.proxy import (
-    OPENAI_CLIENT_HEADERS,
-    ClientGone,
-    Departure,
-    StreamState,
-    Upstream,
-    read_body,
-    response_headers,
-    upstream_headers,
-)
 from gateway.schemas import ChatBody, ResponsesBody
 from gateway.sse import EventSplitter, usage_from_message
 from gateway.translate.common import anthropic_error_to_openai, fit_output_limit
@@ -42,6 +32,16 @@ from gateway.translate.openai_responses import (
     ResponsesStreamTranslator,
     anthropic_to_responses,
     responses_request_to_anthropic,
+)
+from gateway.upstream import (
+    OPENAI_CLIENT_HEADERS,
+    ClientGone,
+    Departure,
+    StreamState,
+    Upstream,
+    read_upstream_body,
+    response_headers,
+    upstream_headers,
 )
 
 JSON = b"application/json"
@@ -226,7 +226,7 @@ class OpenAIRoutes:
     ) -> tuple[dict[str, Any], _Caller, bool]:
         p = self.p
         caller = await p.authenticate(request)
-        payload = p.parse(await p.read_body(request), schema)
+        payload = p.parse(await p.read_request_body(request), schema)
         model_id = payload.get("model")
         adaptive = False
         if isinstance(model_id, str) and model_id:
@@ -282,7 +282,7 @@ class OpenAIRoutes:
     async def _upstream_error(self, ticket: Ticket, resp: aiohttp.ClientResponse) -> Response:
         """An upstream refusal, translated to OpenAI's shape; the message stays verbatim."""
         try:
-            raw = await read_body(resp)
+            raw = await read_upstream_body(resp)
         except errors.UpstreamFailed:
             raw = b""
         ticket.first_byte()

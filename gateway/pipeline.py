@@ -23,9 +23,16 @@ from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
 from gateway.limits import Charge, CreditLimiter
 from gateway.observability import Metrics, access_log
-from gateway.proxy import Departure, Route, StreamState, Upstream, read_body, upstream_request_id
 from gateway.settlement import Settler
 from gateway.sse import with_forwarded_output
+from gateway.upstream import (
+    Departure,
+    Route,
+    StreamState,
+    Upstream,
+    read_upstream_body,
+    upstream_request_id,
+)
 from gateway.usage import Usage, cost_mc, estimate_mc, estimate_tokens
 
 log = logging.getLogger("antex.pipeline")
@@ -124,7 +131,7 @@ class Pipeline:
         ip_tag = self.client_tag(request)
         return await self.auth.authenticate(presented_key(request), ip_tag), ip_tag
 
-    async def read_body(self, request: Request) -> bytes:
+    async def read_request_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         too_large = errors.PayloadTooLarge(
             f"Request body exceeds the {limit // (1024 * 1024)} MB limit."
@@ -223,9 +230,7 @@ class Pipeline:
             # Valkey may have run the admission without our hearing back, or may run it
             # later (a hang): a queued release frees it, and marks the id settled so a late
             # admission reserves nothing.
-            self.settler.submit(
-                Charge(authed.account_id, authed.key_id, request_id, 0, None)
-            )
+            self.settler.submit(Charge(authed.account_id, authed.key_id, request_id, 0, None))
             raise
         # Should this process die mid-request, a restart bills the input estimate.
         input_mc = estimate_mc(len(body), 0, model.rates, 0)
@@ -285,7 +290,7 @@ class Pipeline:
     async def read_whole(self, ticket: Ticket, resp: aiohttp.ClientResponse) -> bytes:
         """A whole (non-stream or error) upstream body; a lost connection is billed as such."""
         try:
-            data = await read_body(resp)
+            data = await read_upstream_body(resp)
         except errors.UpstreamFailed as exc:
             self.metrics.upstream_error("read")
             timed_out = isinstance(exc, errors.UpstreamTimedOut)

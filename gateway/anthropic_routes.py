@@ -15,19 +15,19 @@ from gateway.catalog import ModelInfo
 from gateway.edge import request_id, stream_response
 from gateway.limits import usage_body
 from gateway.pipeline import Pipeline, Ticket
-from gateway.proxy import (
+from gateway.schemas import CountTokensBody, MessagesBody
+from gateway.sse import usage_from_message
+from gateway.upstream import (
     ClientGone,
     Departure,
     StreamState,
     Upstream,
     content_type,
     passthrough,
-    read_body,
+    read_upstream_body,
     response_headers,
     upstream_headers,
 )
-from gateway.schemas import CountTokensBody, MessagesBody
-from gateway.sse import usage_from_message
 
 JSON = b"application/json"
 
@@ -72,7 +72,7 @@ class AnthropicRoutes:
     async def messages(self, request: Request) -> Response:
         p = self.p
         authed, ip_tag = await p.authenticate(request)
-        body = await p.read_body(request)
+        body = await p.read_request_body(request)
         payload = p.parse(body, MessagesBody)
         model, max_tokens = p.check_messages(payload)
         ticket = await p.admit(
@@ -132,7 +132,7 @@ class AnthropicRoutes:
     async def count_tokens(self, request: Request) -> Response:
         p = self.p
         authed, ip_tag = await p.authenticate(request)
-        body = await p.read_body(request)
+        body = await p.read_request_body(request)
         payload = p.parse(body, CountTokensBody)
         model_id = payload.get("model")
         if not isinstance(model_id, str) or not model_id:
@@ -142,7 +142,7 @@ class AnthropicRoutes:
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
         path = path_with_query("/v1/messages/count_tokens", request)
         resp = await self.upstream.post(path, body, headers, stream=False)
-        data = await read_body(resp)
+        data = await read_upstream_body(resp)
         if resp.status != 200:
             data = wire.with_request_id(data, request_id(request))
         return Response(resp.status, response_headers(resp), Content(content_type(resp), data))

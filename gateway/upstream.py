@@ -279,7 +279,7 @@ async def _discard(resp: aiohttp.ClientResponse) -> None:
         resp.release()
 
 
-async def read_body(resp: aiohttp.ClientResponse) -> bytes:
+async def read_upstream_body(resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
     except TimeoutError as exc:
