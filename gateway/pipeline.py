@@ -14,26 +14,24 @@ from typing import Any
 
 import aiohttp
 import orjson
-from blacksheep import Request, Response
+from blacksheep import Request
 from blacksheep.contents import ASGIContent
 
 from gateway import errors, events, netaddr, schemas
 from gateway.auth import AuthedKey, Authenticator
+from gateway.billing import Charge, Meta, Outcome, UsageRecord, settlement
 from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
-from gateway.limits import Charge, CreditLimiter
+from gateway.limits import CreditLimiter
 from gateway.observability import Metrics, access_log
 from gateway.settlement import Settler
-from gateway.sse import with_forwarded_output
 from gateway.upstream import (
     Departure,
     Route,
-    StreamState,
     Upstream,
-    read_upstream_body,
     upstream_request_id,
 )
-from gateway.usage import Usage, cost_mc, estimate_mc, estimate_tokens
+from gateway.usage import Usage, estimate_mc, estimate_tokens
 
 log = logging.getLogger("antex.pipeline")
 
@@ -56,25 +54,43 @@ def presented_key(request: Request) -> str | None:
 
 @dataclass(slots=True)
 class Ticket:
-    """One admitted request, from admission to settlement."""
+    """One admitted request, from admission to settlement. It keeps the request's metadata,
+    not its payload; the body it sends goes once the upstream has it."""
 
-    request_id: str
-    route: str
-    authed: AuthedKey
-    ip_tag: str
+    meta: Meta
     model: ModelInfo
-    payload: dict[str, Any]
-    body: bytes
-    stream: bool
-    estimate_mc: int
+    max_tokens: int
+    choice: Route  # the pool's choice: it holds the payload only until the upstream is chosen
+    body: bytes | None
+    body_len: int
     started: float = field(default_factory=time.perf_counter)
     ttfb: float | None = None
     upstream_request_id: str | None = None
-    choice: Route | None = None  # the pool's choice, once sent
+
+    @property
+    def request_id(self) -> str:
+        return self.meta.request_id
+
+    @property
+    def stream(self) -> bool:
+        return self.meta.stream
 
     def first_byte(self) -> None:
         if self.ttfb is None:
             self.ttfb = time.perf_counter() - self.started
+
+    def settlement(
+        self, usage: Usage, status: int, outcome: str, stop_reason: str | None = None
+    ) -> tuple[UsageRecord, Charge]:
+        """The record and charge of this request as it stands now (a provisional charge
+        mid-stream, or the final one)."""
+        latency_s = time.perf_counter() - self.started
+        ttfb_s = self.ttfb if self.ttfb is not None else latency_s
+        end = Outcome(
+            status, outcome, int(latency_s * 1000), int(ttfb_s * 1000),
+            self.upstream_request_id, stop_reason,
+        )  # fmt: skip
+        return settlement(self.meta, usage, end)
 
 
 class Pipeline:
@@ -232,29 +248,18 @@ class Pipeline:
             # admission reserves nothing.
             self.settler.submit(Charge(authed.account_id, authed.key_id, request_id, 0, None))
             raise
-        # Should this process die mid-request, a restart bills the input estimate.
-        input_mc = estimate_mc(len(body), 0, model.rates, 0)
-        self.settler.hold(
-            self.limiter.charge(
-                account_id=authed.account_id, key_id=authed.key_id, request_id=request_id,
-                cost_mc=input_mc,
-                record={"model": model.id, "route": route, "key_id": authed.key_id,
-                        "ip_tag": ip_tag, "status": 200, "credits_mc": input_mc,
-                        "estimate_mc": estimate, "stream": int(bool(payload.get("stream"))),
-                        "error_type": "gateway_stopped"},
-            )
+        stream = bool(payload.get("stream"))
+        meta = Meta(
+            authed.account_id, authed.key_id, request_id, route, model.id, model.rates, ip_tag,
+            stream, estimate,
         )  # fmt: skip
-        return Ticket(
-            request_id=request_id,
-            route=route,
-            authed=authed,
-            ip_tag=ip_tag,
-            model=model,
-            payload=payload,
-            body=body,
-            stream=bool(payload.get("stream")),
-            estimate_mc=estimate,
+        ticket = Ticket(
+            meta, model, max_tokens, Route(authed.account_id, payload, model.id), body, len(body)
         )
+        # Should this process die mid-request, a restart bills the input estimate.
+        input_only = Usage(input_tokens=estimate_tokens(len(body)))
+        self.settler.hold(ticket.settlement(input_only, 200, "gateway_stopped")[1])
+        return ticket
 
     async def check_only(self, authed: AuthedKey, ip_tag: str, request_id: str) -> None:
         """Key, plan and IP checks without a reservation (unbilled routes)."""
@@ -270,8 +275,9 @@ class Pipeline:
     async def send(
         self, ticket: Ticket, upstream: Upstream, path_qs: str, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        """The upstream call of an admitted request; a failure to connect is billed as such."""
-        ticket.choice = Route(ticket.authed.account_id, ticket.payload, ticket.model.id)
+        """The upstream call of an admitted request; a failure to connect is billed as such.
+        The request body is released once sent."""
+        assert ticket.body is not None, "a ticket is sent once"
         try:
             resp = await upstream.post(
                 path_qs, ticket.body, headers, stream=ticket.stream, route=ticket.choice
@@ -280,120 +286,40 @@ class Pipeline:
             self.metrics.upstream_error("connect")
             timed_out = isinstance(exc, errors.UpstreamTimedOut)
             self.finish(
-                ticket, {}, 504 if timed_out else 502,
+                ticket, Usage(), 504 if timed_out else 502,
                 "upstream_timeout" if timed_out else "upstream_unreachable",
             )  # fmt: skip
             raise
+        finally:
+            ticket.body = None
         ticket.upstream_request_id = upstream_request_id(resp)
         return resp
 
-    async def read_whole(self, ticket: Ticket, resp: aiohttp.ClientResponse) -> bytes:
-        """A whole (non-stream or error) upstream body; a lost connection is billed as such."""
-        try:
-            data = await read_upstream_body(resp)
-        except errors.UpstreamFailed as exc:
-            self.metrics.upstream_error("read")
-            timed_out = isinstance(exc, errors.UpstreamTimedOut)
-            self.finish(ticket, {}, 504 if timed_out else 502, "upstream_lost")
-            raise
-        ticket.first_byte()
-        if resp.status >= 500 or resp.status == 429:
-            self.metrics.upstream_error(str(resp.status))
-        return data
-
-    def client_left(self, ticket: Ticket, resp: aiohttp.ClientResponse | None = None) -> Response:
-        """The client left before its answer was ready: the upstream call is cancelled and
-        the request billed for its input (the body's estimate: the upstream reported
-        nothing yet)."""
-        if resp is not None:
-            resp.close()
-        usage = {"input_tokens": estimate_tokens(len(ticket.body))}
-        self.finish(ticket, usage, 499, "client_disconnected")
-        return Response(499, [], None)
-
-    def finish_stream(
+    def finish(
         self,
         ticket: Ticket,
-        state: StreamState,
-        usage: dict[str, Any],
-        errored: bool,
-        *,
-        final: bool = True,
-        content_bytes: int | None = None,
+        usage: Usage,
+        status: int,
+        outcome: str,
+        stop_reason: str | None = None,
     ) -> None:
-        """Bills a stream once it ended, however it ended. An upstream failure names the
-        outcome even when the client left afterwards (it reads the error, then closes).
-        Without the upstream's ``final`` output count, the output is counted from the
-        ``content_bytes`` forwarded (see ``sse.forwarded_tokens``)."""
-        if state.stopping:
-            outcome = "gateway_stopped"
-        elif state.failed:
-            outcome = "upstream_lost"
-            self.metrics.upstream_error("stream")
-        elif errored:
-            outcome = "upstream_error_event"
-            self.metrics.upstream_error("event")
-        elif state.client_gone and not final:
-            # A client that leaves once it has the final usage (Codex closes right after
-            # response.completed) got the whole answer: that is a normal end.
-            outcome = "client_disconnected"
-        else:
-            outcome = "ok"
-        if content_bytes is not None:
-            max_tokens = ticket.payload.get("max_tokens")
-            usage = with_forwarded_output(
-                usage, final, content_bytes, max_tokens if isinstance(max_tokens, int) else None
-            )
-        self.finish(ticket, usage, 200, outcome)
-
-    def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
-        """Bills what the upstream reported and records metadata; never blocks the response."""
-        billed = Usage.from_anthropic(usage)
-        cost = cost_mc(billed, ticket.model.rates)
+        """Bills ``usage`` (what the upstream reported) and records metadata; never blocks
+        the response. ``outcome`` "ok" or the record's error_type."""
+        record, charge = ticket.settlement(usage, status, outcome, stop_reason)
         latency_s = time.perf_counter() - ticket.started
         ttfb_s = ticket.ttfb if ticket.ttfb is not None else latency_s
-        latency_ms, ttfb_ms = int(latency_s * 1000), int(ttfb_s * 1000)
-        record: dict[str, Any] = {
-            "model": ticket.model.id,
-            "route": ticket.route,
-            "key_id": ticket.authed.key_id,
-            "ip_tag": ticket.ip_tag,
-            "status": status,
-            "input_tokens": billed.input_tokens,
-            "cache_creation_input_tokens": billed.cache_write_5m + billed.cache_write_1h,
-            "cache_write_5m": billed.cache_write_5m,
-            "cache_write_1h": billed.cache_write_1h,
-            "cache_read_input_tokens": billed.cache_read_input_tokens,
-            "output_tokens": billed.output_tokens,
-            "credits_mc": cost,
-            "estimate_mc": ticket.estimate_mc,
-            "latency_ms": latency_ms,
-            "ttfb_ms": ttfb_ms,
-            "stream": int(ticket.stream),
-            "disconnected": int(outcome == "client_disconnected"),
-        }
-        if ticket.upstream_request_id:
-            record["upstream_request_id"] = ticket.upstream_request_id
-        if outcome != "ok":
-            record["error_type"] = outcome
         self.metrics.request_done(
-            ticket.route, status, ticket.model.id, latency_s, ttfb_s, billed, cost
+            record.route, status, record.model, latency_s, ttfb_s, usage, record.credits_mc
         )
-        logged = record
+        logged = record.fields()
         choice = ticket.choice
-        if choice is not None:
-            choice.done()
-            if choice.upstream is not None:
-                self.metrics.pool.usage(choice.upstream, billed)
-                # The operator's log names the upstream; the customer's usage log does not.
-                logged = {**record, "upstream": choice.upstream, "failovers": choice.failovers}
-        access_log(ticket.request_id, ticket.authed.account_id, logged)
-        self.settler.submit(
-            self.limiter.charge(
-                account_id=ticket.authed.account_id, key_id=ticket.authed.key_id,
-                request_id=ticket.request_id, cost_mc=cost, record=record,
-            )
-        )  # fmt: skip
+        choice.done()
+        if choice.upstream is not None:
+            self.metrics.pool.usage(choice.upstream, usage)
+            # The operator's log names the upstream; the customer's usage log does not.
+            logged |= {"upstream": choice.upstream, "failovers": choice.failovers}
+        access_log(ticket.request_id, ticket.meta.account_id, logged)
+        self.settler.submit(charge)
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         await self.settler.close(timeout_s)
