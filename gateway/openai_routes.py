@@ -6,7 +6,6 @@ usage); the pure translators in ``gateway.translate`` map the bodies, this modul
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Protocol
 
@@ -34,21 +33,6 @@ from gateway.upstream import OPENAI_CLIENT_HEADERS, Event, Upstream
 
 JSON = b"application/json"
 SSE = b"text/event-stream"
-_VERSION_PARTS = re.compile(r"(?<![0-9])[0-9]{1,2}(?![0-9])")
-
-
-def adaptive_thinking(model_id: str) -> bool:
-    """Whether a model takes ``thinking: {type: adaptive}`` rather than a token budget.
-
-    The catalog has no flag for it, so this follows Claude Code's rule (protocol B): models
-    before 4.6 (claude-opus-4-5-…, claude-3-7-sonnet-…) take budgets; 4.6 and later, and
-    names without a version (claude-mythos-preview), are adaptive. Sonnet 5 refuses budgets.
-    """
-    parts = [int(p) for p in _VERSION_PARTS.findall(model_id)[:2]]
-    if not parts:
-        return True
-    major, minor = parts[0], parts[1] if len(parts) > 1 else 0
-    return (major, minor) >= (4, 6)
 
 
 class _Translator(Protocol):
@@ -208,8 +192,7 @@ class OpenAIRoutes:
         model_id = payload.get("model")
         if not isinstance(model_id, str) or not model_id:
             return False
-        info = self.p.catalog.lookup(model_id)
-        return adaptive_thinking(info.id if info is not None else model_id)
+        return self.p.catalog.adaptive_thinking(model_id)
 
     def _call(self, translated: dict[str, Any], answer: _Translated, *, explicit_max: bool) -> Call:
         """The Anthropic request of a translated one, its max_tokens fitted to the model's

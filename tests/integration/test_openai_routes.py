@@ -17,9 +17,8 @@ import orjson
 import pytest
 import valkey
 
-from gateway.catalog import load_catalog
+from gateway.catalog import adaptive_thinking, load_catalog
 from gateway.keyspace import AccountKeys
-from gateway.openai_routes import adaptive_thinking
 from gateway.plans import Plan
 from gateway.sse import EventSplitter, UsageScanner
 from gateway.translate.openai_chat import chat_request_to_anthropic
