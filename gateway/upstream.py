@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("antex.upstream")
 T = TypeVar("T")
+# What aiohttp raises when the transport fails (its timeouts are TimeoutErrors).
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 # Never forwarded upstream: hop-by-hop, the client's credentials, and our own edge's view.
 _DROP_REQUEST = frozenset(
@@ -248,10 +250,8 @@ class Upstream:
             return await self._session.post(
                 member.base + path_qs, data=body, headers=headers, timeout=self._whole_timeout
             )
-        except TimeoutError as exc:
-            raise UpstreamTimedOut("Upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed(f"Upstream unreachable: {type(exc).__name__}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise failure(exc, answered=False) from exc
 
     def _failed_over(self, member: Member, route: Route | None) -> None:
         if route is not None:
@@ -279,19 +279,28 @@ async def _discard(resp: aiohttp.ClientResponse) -> None:
     try:
         async with asyncio.timeout(1.0):
             await resp.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except TRANSPORT_ERRORS:
         resp.close()
     finally:
         resp.release()
 
 
+def failure(exc: BaseException, *, answered: bool, named: bool = True) -> UpstreamFailed:
+    """The one mapping of a transport error to the domain: before the upstream answered (a
+    connect failure or first-byte timeout) or after (reading its body). ``named`` adds
+    the exception's class, for messages that never reach a stream already open."""
+    if isinstance(exc, TimeoutError):
+        timed = "Upstream stopped sending data" if answered else "Upstream did not answer in time"
+        return UpstreamTimedOut(timed)
+    what = "Upstream connection lost" if answered else "Upstream unreachable"
+    return UpstreamFailed(f"{what}: {type(exc).__name__}" if named else what)
+
+
 async def read_upstream_body(resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
-    except TimeoutError as exc:
-        raise UpstreamTimedOut("Upstream stopped sending data") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(f"Upstream connection lost: {type(exc).__name__}") from exc
+    except TRANSPORT_ERRORS as exc:
+        raise failure(exc, answered=True) from exc
     finally:
         resp.release()
 
@@ -446,7 +455,7 @@ class UpstreamStream:
                 if splitter is not None and not meter.ended and not self.client_gone:
                     # The parsed events show an answer that ended without its end event.
                     self.lost = UpstreamFailed("Upstream connection lost")
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 self.lost = self._mapped(exc)
             if self.lost is not None:
                 yield shaper.closing(self.lost)
@@ -460,9 +469,7 @@ class UpstreamStream:
         if self.stopping:
             return ServiceUnavailable("The gateway is restarting; retry the request.")
         log.warning("upstream stream failed: %s", type(exc).__name__)
-        if isinstance(exc, TimeoutError):
-            return UpstreamTimedOut("Upstream stopped sending data")
-        return UpstreamFailed("Upstream connection lost")
+        return failure(exc, answered=True, named=False)
 
     def end(self) -> None:
         """The client's answer is over, however it ended: releases the upstream response,
