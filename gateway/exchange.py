@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 from blacksheep import Request, Response
 
 from gateway import errors
@@ -23,6 +22,7 @@ from gateway.upstream import (
     Departure,
     Shaper,
     Upstream,
+    UpstreamResponse,
     UpstreamStream,
     content_type,
     read_upstream_body,
@@ -108,7 +108,7 @@ class Exchange:
                 departure.stop()
 
     async def _whole(
-        self, ticket: Ticket, resp: aiohttp.ClientResponse, departure: Departure, answer: Answer
+        self, ticket: Ticket, resp: UpstreamResponse, departure: Departure, answer: Answer
     ) -> Response:
         p = self.p
         try:
@@ -146,7 +146,7 @@ class Exchange:
         return response
 
     def _stream(
-        self, ticket: Ticket, resp: aiohttp.ClientResponse, departure: Departure, answer: Answer
+        self, ticket: Ticket, resp: UpstreamResponse, departure: Departure, answer: Answer
     ) -> Response:
         self.p.metrics.stream_opened()
         stream = UpstreamStream(
@@ -185,7 +185,7 @@ class Exchange:
         usage = Usage.from_anthropic(stream.meter.usage_now(ticket.max_tokens))
         return ticket.settlement(usage, 200, "gateway_stopped", stream.meter.stop_reason)[1]
 
-    def _client_left(self, ticket: Ticket, resp: aiohttp.ClientResponse | None) -> Response:
+    def _client_left(self, ticket: Ticket, resp: UpstreamResponse | None) -> Response:
         """The client left before its answer was ready: the upstream call is cancelled and
         the request billed for its input (the body's estimate: the upstream reported
         nothing yet)."""

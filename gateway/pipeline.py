@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from blacksheep import Request
 from blacksheep.contents import ASGIContent
@@ -29,6 +28,7 @@ from gateway.upstream import (
     Departure,
     Route,
     Upstream,
+    UpstreamResponse,
     upstream_request_id,
 )
 from gateway.usage import Usage, estimate_mc, estimate_tokens
@@ -274,7 +274,7 @@ class Pipeline:
 
     async def send(
         self, ticket: Ticket, upstream: Upstream, path_qs: str, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """The upstream call of an admitted request; a failure to connect is billed as such.
         The request body is released once sent."""
         assert ticket.body is not None, "a ticket is sent once"

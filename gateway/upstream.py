@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("antex.upstream")
 T = TypeVar("T")
+UpstreamResponse = aiohttp.ClientResponse  # what callers above this module hold, by name
 # What aiohttp raises when the transport fails (its timeouts are TimeoutErrors).
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
