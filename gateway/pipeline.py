@@ -1,8 +1,9 @@
-"""The steps every billed request goes through, whatever its wire format.
+"""The steps every billed request goes through, whatever its wire format; ``exchange``
+puts them in order.
 
 authenticate (cache) → read the body (2 MB cap) → validate → admit (one Valkey call) →
-upstream → settle (queued to the worker's Settler: spooled, batched, retried). Only
-metadata leaves this module.
+send → settle (queued to the worker's Settler: spooled, batched, retried). Only metadata
+leaves this module.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class Ticket:
     not its payload; the body it sends goes once the upstream has it."""
 
     meta: Meta
-    model: ModelInfo
     max_tokens: int
     choice: Route  # the pool's choice: it holds the payload only until the upstream is chosen
     body: bytes | None
@@ -254,7 +254,7 @@ class Pipeline:
             stream, estimate,
         )  # fmt: skip
         ticket = Ticket(
-            meta, model, max_tokens, Route(authed.account_id, payload, model.id), body, len(body)
+            meta, max_tokens, Route(authed.account_id, payload, model.id), body, len(body)
         )
         # Should this process die mid-request, a restart bills the input estimate.
         input_only = Usage(input_tokens=estimate_tokens(len(body)))
