@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from blacksheep import Request, Response
 
 from gateway import errors
-from gateway.billing import Charge
 from gateway.edge import request_id, stream_response
 from gateway.pipeline import Pipeline, Ticket
 from gateway.sse import json_object
@@ -153,6 +152,8 @@ class Exchange:
             resp, departure, answer,
             on_first_byte=ticket.first_byte, on_end=lambda s: self._settle(ticket, s),
         )  # fmt: skip
+        meter, max_tokens = stream.meter, ticket.max_tokens
+        ticket.progress = lambda: Usage.from_anthropic(meter.usage_now(max_tokens))
         ctype = b"text/event-stream" if answer.events else content_type(resp)
         return stream_response(response_headers(resp), stream.body, ctype)
 
@@ -177,13 +178,6 @@ class Exchange:
             outcome = "ok"
         usage = Usage.from_anthropic(meter.usage_now(ticket.max_tokens))
         p.finish(ticket, usage, 200, outcome, meter.stop_reason)
-
-    @staticmethod
-    def provisional(ticket: Ticket, stream: UpstreamStream) -> Charge:
-        """What the stream would be billed now, should this process die before it ends:
-        the usage so far, as the record of a stream the gateway stopped."""
-        usage = Usage.from_anthropic(stream.meter.usage_now(ticket.max_tokens))
-        return ticket.settlement(usage, 200, "gateway_stopped", stream.meter.stop_reason)[1]
 
     def _client_left(self, ticket: Ticket, resp: UpstreamResponse | None) -> Response:
         """The client left before its answer was ready: the upstream call is cancelled and

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class Ticket:
     started: float = field(default_factory=time.perf_counter)
     ttfb: float | None = None
     upstream_request_id: str | None = None
+    # The usage so far of a stream under way (set by the exchange); None before.
+    progress: Callable[[], Usage] | None = None
 
     @property
     def request_id(self) -> str:
@@ -91,6 +94,16 @@ class Ticket:
             self.upstream_request_id, stop_reason,
         )  # fmt: skip
         return settlement(self.meta, usage, end)
+
+    def provisional(self) -> Charge:
+        """What this request is billed should the process die now: the usage so far of its
+        stream, else its input estimate; recorded as stopped by the gateway. Cheap enough
+        to call periodically."""
+        if self.progress is not None:
+            usage = self.progress()
+        else:
+            usage = Usage(input_tokens=estimate_tokens(self.body_len))
+        return self.settlement(usage, 200, "gateway_stopped")[1]
 
 
 class Pipeline:
@@ -257,8 +270,7 @@ class Pipeline:
             meta, max_tokens, Route(authed.account_id, payload, model.id), body, len(body)
         )
         # Should this process die mid-request, a restart bills the input estimate.
-        input_only = Usage(input_tokens=estimate_tokens(len(body)))
-        self.settler.hold(ticket.settlement(input_only, 200, "gateway_stopped")[1])
+        self.settler.hold(ticket.provisional())
         return ticket
 
     async def check_only(self, authed: AuthedKey, ip_tag: str, request_id: str) -> None:

@@ -7,6 +7,8 @@ from dataclasses import fields
 import orjson
 
 from gateway.billing import LOG_FIELDS, Charge, Meta, Outcome, UsageRecord, settlement
+from gateway.pipeline import Ticket
+from gateway.upstream import Route
 from gateway.usage import Rates, Usage
 
 RATES = Rates(input=300, cache_write_5m=375, cache_write_1h=600, cache_read=30, output=1500)
@@ -48,3 +50,13 @@ def test_a_spool_line_written_before_the_typed_record_still_replays() -> None:
     assert Charge.from_json(orjson.loads(charge.to_json())) == charge
     _, fresh = settlement(META, Usage(input_tokens=3), Outcome(200, "ok", 1, 1))
     assert Charge.from_json(orjson.loads(fresh.to_json())) == fresh
+
+
+def test_a_tickets_provisional_charge_follows_its_stream() -> None:
+    ticket = Ticket(META, 1000, Route("acct", {"messages": []}, META.model), b"x" * 400, 400)
+    before = ticket.provisional()
+    assert before.log is not None and "gateway_stopped" in before.log
+    _, input_only = settlement(META, Usage(input_tokens=100), Outcome(200, "ok", 0, 0))
+    assert before.cost_mc == input_only.cost_mc  # a quarter of the body's bytes, as input
+    ticket.progress = lambda: Usage(input_tokens=100, output_tokens=50)
+    assert ticket.provisional().cost_mc > before.cost_mc
