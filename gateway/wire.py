@@ -108,22 +108,6 @@ def sse_error_event(err: errors.AntexError) -> bytes:
     return b"event: error\ndata: " + payload + b"\n\n"
 
 
-def stopping_event() -> bytes:
-    """Ends a stream the gateway cut because it is stopping: retrying elsewhere works."""
-    return sse_error_event(
-        errors.ServiceUnavailable("The gateway is restarting; retry the request.")
-    )
-
-
-def upstream_lost_event(timeout: bool) -> bytes:
-    err = (
-        errors.UpstreamTimedOut("Upstream stopped sending data")
-        if timeout
-        else errors.UpstreamFailed("Upstream connection lost")
-    )
-    return sse_error_event(err)
-
-
 def with_request_id(body: bytes, request_id: str) -> bytes:
     """An upstream error body with its ``request_id`` replaced by the gateway's own, so the
     id a customer quotes is the one in our logs; the error's type and wording stay as sent
