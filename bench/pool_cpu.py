@@ -33,8 +33,8 @@ from bench.stack import (
 from gateway import upstream_store
 from gateway.embedded_valkey import free_port
 from gateway.pool_state import Member, PoolPolicy, PoolView
-from gateway.proxy import Route
 from gateway.secretbox import SecretBox, new_master_key
+from gateway.upstream import Route
 
 POOL_KEYS = ("sk-bench-pool-2", "sk-bench-pool-3")
 

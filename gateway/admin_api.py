@@ -26,6 +26,7 @@ from gateway import (
 )
 from gateway import admin_models as m
 from gateway.admin_routes import ROUTES, Route
+from gateway.anthropic_routes import json_response
 from gateway.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -35,7 +36,6 @@ from gateway.errors import (
 )
 from gateway.operations import Operator
 from gateway.plans import DEFAULT_MAX_KEYS, Plan, list_plans
-from gateway.routes import json_response
 from gateway.secretbox import SecretBox, load_master_key
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ import valkey.asyncio as avalkey
 from blacksheep import Application, Content, Request, Response
 
 from gateway import admin_api, errors, observability
+from gateway.anthropic_routes import AnthropicRoutes, json_response
 from gateway.config import Settings
 from gateway.console import routes as console
 from gateway.dashboard import routes as dashboard
@@ -18,7 +19,6 @@ from gateway.edge import asgi_guard, edge_middleware, error_response
 from gateway.observability import configure_logging
 from gateway.openai_routes import OpenAIRoutes
 from gateway.resources import Resources
-from gateway.routes import AnthropicRoutes, json_response
 
 Handler = Callable[[Request], Awaitable[Response]]
 

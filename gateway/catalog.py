@@ -15,10 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.translate.common import model_generation
 from gateway.usage import Rates
 
 _RATE_FIELDS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
 _EPOCH = "1970-01-01T00:00:00Z"
+THINKING = ("adaptive", "budget")
+
+
+def default_thinking(model_id: str) -> str:
+    """How a model not described by the catalog takes extended thinking, by Claude Code's
+    rule (protocol B): models before 4.6 (claude-opus-4-5-…, claude-3-7-sonnet-…) take a
+    token budget; 4.6 and later, and names without a version (claude-mythos-preview), take
+    ``thinking: {type: adaptive}`` (Sonnet 5 refuses budgets)."""
+    generation = model_generation(model_id)
+    return "budget" if generation is not None and generation < (4, 6) else "adaptive"
+
+
+def adaptive_thinking(model_id: str) -> bool:
+    return default_thinking(model_id) == "adaptive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +44,7 @@ class ModelInfo:
     aliases: tuple[str, ...]
     rates: Rates
     max_output_tokens: int | None = None
+    thinking: str = "adaptive"  # "adaptive" or "budget": what the model's thinking takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +58,15 @@ class Catalog:
         info = self.by_id.get(model_id)
         if info is not None or not self.allow_unknown or self.unknown_rates is None:
             return info
-        return ModelInfo(model_id, model_id, _EPOCH, (), self.unknown_rates)
+        return ModelInfo(
+            model_id, model_id, _EPOCH, (), self.unknown_rates, thinking=default_thinking(model_id)
+        )
+
+    def adaptive_thinking(self, model_id: str) -> bool:
+        """Whether ``model_id`` takes adaptive thinking rather than a token budget."""
+        info = self.lookup(model_id)
+        thinking = info.thinking if info is not None else default_thinking(model_id)
+        return thinking == "adaptive"
 
 
 def _int(value: Any, where: str) -> int:
@@ -103,6 +127,9 @@ def _model(raw: Any, where: str) -> tuple[datetime, ModelInfo]:
             long_context=_rates(long_raw, f"{where}.long_context_rates"),
         )
     max_out = raw.get("max_output_tokens")
+    thinking = raw.get("thinking", default_thinking(model_id))
+    if thinking not in THINKING:
+        raise ConfigError(f"{where}: thinking must be one of {', '.join(THINKING)}")
     created = _timestamp(raw.get("created_at"), f"{where}.created_at")
     info = ModelInfo(
         id=model_id,
@@ -111,6 +138,7 @@ def _model(raw: Any, where: str) -> tuple[datetime, ModelInfo]:
         aliases=tuple(aliases),
         rates=rates,
         max_output_tokens=None if max_out is None else _int(max_out, f"{where}.max_output_tokens"),
+        thinking=thinking,
     )
     return created, info
 

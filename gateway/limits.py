@@ -22,9 +22,10 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, NoReturn
 
-import orjson
-
 from gateway import errors, events, keyspace, store
+from gateway.billing import LOG_FIELDS as LOG_FIELDS
+from gateway.billing import Charge as Charge
+from gateway.billing import charge_of_fields
 from gateway.keyspace import AccountKeys
 from gateway.plans import DEFAULT_MAX_KEYS
 from gateway.store import Arg, Client, Scripts
@@ -36,17 +37,6 @@ MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
-# What a log entry may hold: usage metadata, never prompt or completion content.
-LOG_FIELDS = frozenset(
-    {
-        "model", "route", "status", "stop_reason", "error_type", "key_id", "ip_tag",
-        "input_tokens", "output_tokens", "cache_read_input_tokens",
-        "cache_creation_input_tokens", "cache_write_5m", "cache_write_1h",
-        "credits_mc", "estimate_mc", "latency_ms", "ttfb_ms", "stream", "disconnected",
-        "upstream_request_id",
-    }
-)  # fmt: skip
-_MAX_LOG_VALUE = 200
 
 
 
@@ -84,41 +74,6 @@ class LimiterSettings:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise errors.ConfigError(f"limiter setting {f.name} must be a positive integer")
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """One request's settlement as settle.lua takes it and the spool keeps it.
-
-    ``log`` is the flat (field, value, ...) usage entry, metadata only; None releases the
-    reservation of a request whose admission outcome is unknown, charging nothing."""
-
-    account_id: str
-    key_id: str
-    request_id: str
-    cost_mc: int  # milli-credits, >= 0
-    log: tuple[str | int, ...] | None
-
-    def packed(self, key_index: int) -> bytes:
-        """settle.lua's record: [request_id, cost_mc, key index in KEYS, log or 0]."""
-        return orjson.dumps(
-            [self.request_id, self.cost_mc, key_index, 0 if self.log is None else self.log]
-        )
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {"a": self.account_id, "k": self.key_id, "r": self.request_id,
-             "c": self.cost_mc, "l": self.log}
-        )  # fmt: skip
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Charge:
-        """Raises KeyError/TypeError/ValueError on a malformed spool line."""
-        log = raw["l"]
-        return cls(
-            str(raw["a"]), str(raw["k"]), str(raw["r"]), int(raw["c"]),
-            None if log is None else tuple(log),
-        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +208,6 @@ class CreditLimiter:
                 s.events_maxlen, s.default_max_keys, s.sharing_period_ms,
             )
         )  # fmt: skip
-        self._dropped_fields: set[str] = set()
         # The worker's alerts (set by the app): quarantines and window thresholds learnt
         # from the scripts' replies, so alerting costs no extra Valkey call per request.
         self.notify: events.Notify = events.ignore
@@ -379,18 +333,10 @@ class CreditLimiter:
         cost_mc: int,
         record: Mapping[str, str | int],
     ) -> Charge:
-        """The settlement of one request: its cost and the log entry that may be stored
-        (``LOG_FIELDS`` only: metadata, never content)."""
-        entry: list[str | int] = ["request_id", request_id, "key_id", key_id]
-        for name, value in record.items():
-            if name in LOG_FIELDS:
-                entry += (name, value if isinstance(value, int) else str(value)[:_MAX_LOG_VALUE])
-            elif name not in self._dropped_fields:
-                self._dropped_fields.add(name)
-                log.warning("usage log field %r is not in LOG_FIELDS; dropped", name)
-        cost = max(0, cost_mc)
-        entry += ("credits_mc", cost)
-        return Charge(account_id, key_id, request_id, cost, tuple(entry))
+        """The settlement of one request from loose fields (operator tools, tests): its
+        cost and the log entry that may be stored (``LOG_FIELDS`` only). The request path
+        settles a typed ``billing.UsageRecord`` instead."""
+        return charge_of_fields(account_id, key_id, request_id, cost_mc, record)
 
     def settle_call(
         self, account_id: str, charges: Sequence[Charge], renewals: Sequence[str] = ()

@@ -1,8 +1,9 @@
-"""The steps every billed request goes through, whatever its wire format.
+"""The steps every billed request goes through, whatever its wire format; ``exchange``
+puts them in order.
 
 authenticate (cache) → read the body (2 MB cap) → validate → admit (one Valkey call) →
-upstream → settle (queued to the worker's Settler: spooled, batched, retried). Only
-metadata leaves this module.
+send → settle (queued to the worker's Settler: spooled, batched, retried). Only metadata
+leaves this module.
 """
 
 from __future__ import annotations
@@ -10,24 +11,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiohttp
 import orjson
-from blacksheep import Request, Response
+from blacksheep import Request
 from blacksheep.contents import ASGIContent
 
 from gateway import errors, events, netaddr, schemas
 from gateway.auth import AuthedKey, Authenticator
+from gateway.billing import Charge, Meta, Outcome, UsageRecord, settlement
 from gateway.catalog import Catalog, ModelInfo
 from gateway.config import Settings
-from gateway.limits import Charge, CreditLimiter
+from gateway.limits import CreditLimiter
 from gateway.observability import Metrics, access_log
-from gateway.proxy import Departure, Route, StreamState, Upstream, read_body, upstream_request_id
 from gateway.settlement import Settler
-from gateway.sse import with_forwarded_output
-from gateway.usage import Usage, cost_mc, estimate_mc, estimate_tokens
+from gateway.upstream import (
+    Departure,
+    Route,
+    Upstream,
+    UpstreamResponse,
+    upstream_request_id,
+)
+from gateway.usage import Usage, estimate_mc, estimate_tokens
 
 log = logging.getLogger("antex.pipeline")
 
@@ -50,25 +56,57 @@ def presented_key(request: Request) -> str | None:
 
 @dataclass(slots=True)
 class Ticket:
-    """One admitted request, from admission to settlement."""
+    """One admitted request, from admission to settlement. It keeps the request's metadata,
+    not its payload; the body it sends goes once the upstream has it."""
 
-    request_id: str
-    route: str
-    authed: AuthedKey
-    ip_tag: str
-    model: ModelInfo
-    payload: dict[str, Any]
-    body: bytes
-    stream: bool
-    estimate_mc: int
+    meta: Meta
+    max_tokens: int
+    choice: Route  # the pool's choice: it holds the payload only until the upstream is chosen
+    body: bytes | None
+    body_len: int
     started: float = field(default_factory=time.perf_counter)
     ttfb: float | None = None
     upstream_request_id: str | None = None
-    choice: Route | None = None  # the pool's choice, once sent
+    # The usage so far of a stream under way (set by the exchange); None before.
+    progress: Callable[[], Usage] | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.meta.request_id
+
+    @property
+    def stream(self) -> bool:
+        return self.meta.stream
 
     def first_byte(self) -> None:
         if self.ttfb is None:
             self.ttfb = time.perf_counter() - self.started
+
+    def settlement(
+        self, usage: Usage, status: int, outcome: str, stop_reason: str | None = None
+    ) -> tuple[UsageRecord, Charge]:
+        """The record and charge of this request as it stands now (a provisional charge
+        mid-stream, or the final one)."""
+        latency_s = time.perf_counter() - self.started
+        ttfb_s = self.ttfb if self.ttfb is not None else latency_s
+        end = Outcome(
+            status, outcome, int(latency_s * 1000), int(ttfb_s * 1000),
+            self.upstream_request_id, stop_reason,
+        )  # fmt: skip
+        return settlement(self.meta, usage, end)
+
+    def provisional(self) -> Charge:
+        """What this request is billed should the process die now: the usage so far of its
+        stream, else its input estimate; recorded as ``gateway_killed``. Cheap enough to
+        call at every checkpoint."""
+        usage = self.progress() if self.progress is not None else None
+        if usage is None or not usage.total_input_tokens:
+            # Before message_start's usage arrives, the input is the body's estimate.
+            input_tokens = estimate_tokens(self.body_len)
+            usage = Usage(input_tokens=input_tokens) if usage is None else replace(
+                usage, input_tokens=input_tokens
+            )
+        return self.settlement(usage, 200, "gateway_killed")[1]
 
 
 class Pipeline:
@@ -125,7 +163,7 @@ class Pipeline:
         ip_tag = self.client_tag(request)
         return await self.auth.authenticate(presented_key(request), ip_tag), ip_tag
 
-    async def read_body(self, request: Request) -> bytes:
+    async def read_request_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         too_large = errors.PayloadTooLarge(
             f"Request body exceeds the {limit // (1024 * 1024)} MB limit."
@@ -224,33 +262,21 @@ class Pipeline:
             # Valkey may have run the admission without our hearing back, or may run it
             # later (a hang): a queued release frees it, and marks the id settled so a late
             # admission reserves nothing.
-            self.settler.submit(
-                Charge(authed.account_id, authed.key_id, request_id, 0, None)
-            )
+            self.settler.submit(Charge(authed.account_id, authed.key_id, request_id, 0, None))
             raise
-        # Should this process die mid-request, a restart bills the input estimate.
-        input_mc = estimate_mc(len(body), 0, model.rates, 0)
-        self.settler.hold(
-            self.limiter.charge(
-                account_id=authed.account_id, key_id=authed.key_id, request_id=request_id,
-                cost_mc=input_mc,
-                record={"model": model.id, "route": route, "key_id": authed.key_id,
-                        "ip_tag": ip_tag, "status": 200, "credits_mc": input_mc,
-                        "estimate_mc": estimate, "stream": int(bool(payload.get("stream"))),
-                        "error_type": "gateway_killed"},
-            )
+        stream = bool(payload.get("stream"))
+        meta = Meta(
+            authed.account_id, authed.key_id, request_id, route, model.id, model.rates, ip_tag,
+            stream, estimate,
         )  # fmt: skip
-        return Ticket(
-            request_id=request_id,
-            route=route,
-            authed=authed,
-            ip_tag=ip_tag,
-            model=model,
-            payload=payload,
-            body=body,
-            stream=bool(payload.get("stream")),
-            estimate_mc=estimate,
+        ticket = Ticket(
+            meta, max_tokens, Route(authed.account_id, payload, model.id), body, len(body)
         )
+        # Should this process die mid-request, a restart bills the input estimate, and once
+        # the stream runs, what it forwarded by the last checkpoint.
+        self.settler.hold(ticket.provisional())
+        self.settler.track(request_id, ticket.provisional)
+        return ticket
 
     async def check_only(self, authed: AuthedKey, ip_tag: str, request_id: str) -> None:
         """Key, plan and IP checks without a reservation (unbilled routes)."""
@@ -265,9 +291,10 @@ class Pipeline:
 
     async def send(
         self, ticket: Ticket, upstream: Upstream, path_qs: str, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
-        """The upstream call of an admitted request; a failure to connect is billed as such."""
-        ticket.choice = Route(ticket.authed.account_id, ticket.payload, ticket.model.id)
+    ) -> UpstreamResponse:
+        """The upstream call of an admitted request; a failure to connect is billed as such.
+        The request body is released once sent."""
+        assert ticket.body is not None, "a ticket is sent once"
         try:
             resp = await upstream.post(
                 path_qs, ticket.body, headers, stream=ticket.stream, route=ticket.choice
@@ -276,154 +303,40 @@ class Pipeline:
             self.metrics.upstream_error("connect")
             timed_out = isinstance(exc, errors.UpstreamTimedOut)
             self.finish(
-                ticket, {}, 504 if timed_out else 502,
+                ticket, Usage(), 504 if timed_out else 502,
                 "upstream_timeout" if timed_out else "upstream_unreachable",
             )  # fmt: skip
             raise
+        finally:
+            ticket.body = None
         ticket.upstream_request_id = upstream_request_id(resp)
         return resp
 
-    async def read_whole(self, ticket: Ticket, resp: aiohttp.ClientResponse) -> bytes:
-        """A whole (non-stream or error) upstream body; a lost connection is billed as such."""
-        try:
-            data = await read_body(resp)
-        except errors.UpstreamFailed as exc:
-            self.metrics.upstream_error("read")
-            timed_out = isinstance(exc, errors.UpstreamTimedOut)
-            self.finish(ticket, {}, 504 if timed_out else 502, "upstream_lost")
-            raise
-        ticket.first_byte()
-        if resp.status >= 500 or resp.status == 429:
-            self.metrics.upstream_error(str(resp.status))
-        return data
-
-    def client_left(self, ticket: Ticket, resp: aiohttp.ClientResponse | None = None) -> Response:
-        """The client left before its answer was ready: the upstream call is cancelled and
-        the request billed for its input (the body's estimate: the upstream reported
-        nothing yet)."""
-        if resp is not None:
-            resp.close()
-        usage = {"input_tokens": estimate_tokens(len(ticket.body))}
-        self.finish(ticket, usage, 499, "client_disconnected")
-        return Response(499, [], None)
-
-    def finish_stream(
+    def finish(
         self,
         ticket: Ticket,
-        state: StreamState,
-        usage: dict[str, Any],
-        errored: bool,
-        *,
-        final: bool = True,
-        content_bytes: int | None = None,
+        usage: Usage,
+        status: int,
+        outcome: str,
+        stop_reason: str | None = None,
     ) -> None:
-        """Bills a stream once it ended, however it ended. An upstream failure names the
-        outcome even when the client left afterwards (it reads the error, then closes).
-        Without the upstream's ``final`` output count, the output is counted from the
-        ``content_bytes`` forwarded (see ``sse.forwarded_tokens``)."""
-        if state.stopping:
-            outcome = "gateway_stopped"
-        elif state.failed:
-            outcome = "upstream_lost"
-            self.metrics.upstream_error("stream")
-        elif errored:
-            outcome = "upstream_error_event"
-            self.metrics.upstream_error("event")
-        elif state.client_gone and not final:
-            # A client that leaves once it has the final usage (Codex closes right after
-            # response.completed) got the whole answer: that is a normal end.
-            outcome = "client_disconnected"
-        else:
-            outcome = "ok"
-        if content_bytes is not None:
-            usage = self._forwarded(ticket, usage, final, content_bytes)
-        self.finish(ticket, usage, 200, outcome)
-
-    def track_stream(
-        self, ticket: Ticket, so_far: Callable[[], tuple[dict[str, Any], bool, int]]
-    ) -> None:
-        """Checkpoints an open stream: should this process be killed, a restart bills what
-        ``so_far()`` says was forwarded by the last checkpoint ((usage, final, content
-        bytes) as ``finish_stream`` takes them), recorded as ``gateway_killed``."""
-
-        def provisional() -> Charge:
-            usage, final, content_bytes = so_far()
-            usage = self._forwarded(ticket, usage, final, content_bytes)
-            if "input_tokens" not in usage:
-                usage = {**usage, "input_tokens": estimate_tokens(len(ticket.body))}
-            record, _, cost = self._record(ticket, usage, 200, "gateway_killed")
-            return self.limiter.charge(
-                account_id=ticket.authed.account_id, key_id=ticket.authed.key_id,
-                request_id=ticket.request_id, cost_mc=cost, record=record,
-            )  # fmt: skip
-
-        self.settler.track(ticket.request_id, provisional)
-
-    @staticmethod
-    def _forwarded(
-        ticket: Ticket, usage: dict[str, Any], final: bool, content_bytes: int
-    ) -> dict[str, Any]:
-        max_tokens = ticket.payload.get("max_tokens")
-        return with_forwarded_output(
-            usage, final, content_bytes, max_tokens if isinstance(max_tokens, int) else None
-        )
-
-    def _record(
-        self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str
-    ) -> tuple[dict[str, Any], Usage, int]:
-        """The usage log entry (metadata only), the billed usage and its cost in mc."""
-        billed = Usage.from_anthropic(usage)
-        cost = cost_mc(billed, ticket.model.rates)
+        """Bills ``usage`` (what the upstream reported) and records metadata; never blocks
+        the response. ``outcome`` "ok" or the record's error_type."""
+        record, charge = ticket.settlement(usage, status, outcome, stop_reason)
         latency_s = time.perf_counter() - ticket.started
         ttfb_s = ticket.ttfb if ticket.ttfb is not None else latency_s
-        record: dict[str, Any] = {
-            "model": ticket.model.id,
-            "route": ticket.route,
-            "key_id": ticket.authed.key_id,
-            "ip_tag": ticket.ip_tag,
-            "status": status,
-            "input_tokens": billed.input_tokens,
-            "cache_creation_input_tokens": billed.cache_write_5m + billed.cache_write_1h,
-            "cache_write_5m": billed.cache_write_5m,
-            "cache_write_1h": billed.cache_write_1h,
-            "cache_read_input_tokens": billed.cache_read_input_tokens,
-            "output_tokens": billed.output_tokens,
-            "credits_mc": cost,
-            "estimate_mc": ticket.estimate_mc,
-            "latency_ms": int(latency_s * 1000),
-            "ttfb_ms": int(ttfb_s * 1000),
-            "stream": int(ticket.stream),
-            "disconnected": int(outcome == "client_disconnected"),
-        }
-        if ticket.upstream_request_id:
-            record["upstream_request_id"] = ticket.upstream_request_id
-        if outcome != "ok":
-            record["error_type"] = outcome
-        return record, billed, cost
-
-    def finish(self, ticket: Ticket, usage: dict[str, Any], status: int, outcome: str) -> None:
-        """Bills what the upstream reported and records metadata; never blocks the response."""
-        record, billed, cost = self._record(ticket, usage, status, outcome)
-        latency_s = record["latency_ms"] / 1000
-        ttfb_s = record["ttfb_ms"] / 1000
         self.metrics.request_done(
-            ticket.route, status, ticket.model.id, latency_s, ttfb_s, billed, cost
+            record.route, status, record.model, latency_s, ttfb_s, usage, record.credits_mc
         )
-        logged = record
+        logged = record.fields()
         choice = ticket.choice
-        if choice is not None:
-            choice.done()
-            if choice.upstream is not None:
-                self.metrics.pool.usage(choice.upstream, billed)
-                # The operator's log names the upstream; the customer's usage log does not.
-                logged = {**record, "upstream": choice.upstream, "failovers": choice.failovers}
-        access_log(ticket.request_id, ticket.authed.account_id, logged)
-        self.settler.submit(
-            self.limiter.charge(
-                account_id=ticket.authed.account_id, key_id=ticket.authed.key_id,
-                request_id=ticket.request_id, cost_mc=cost, record=record,
-            )
-        )  # fmt: skip
+        choice.done()
+        if choice.upstream is not None:
+            self.metrics.pool.usage(choice.upstream, usage)
+            # The operator's log names the upstream; the customer's usage log does not.
+            logged |= {"upstream": choice.upstream, "failovers": choice.failovers}
+        access_log(ticket.request_id, ticket.meta.account_id, logged)
+        self.settler.submit(charge)
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         await self.settler.close(timeout_s)

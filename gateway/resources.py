@@ -25,9 +25,9 @@ from gateway.observability import Metrics
 from gateway.pipeline import Pipeline
 from gateway.pool_state import PoolView
 from gateway.pool_sync import PoolSync
-from gateway.proxy import Upstream
 from gateway.settlement import Settler
 from gateway.store import Scripts, is_cluster, open_client
+from gateway.upstream import Upstream
 
 log = logging.getLogger("antex.resources")
 # A stopping worker's last settlement flushes (after granian's ANTEX_DRAIN_SECONDS); what

@@ -1,8 +1,10 @@
-"""Pure incremental SSE scanning: usage from passthrough bytes, and event splitting.
+"""Pure incremental SSE scanning: the one usage rule of a stream, and event splitting.
 
-``UsageScanner`` reads the bytes the proxy forwards untouched and decodes only the small
-``message_start`` / ``message_delta`` / ``error`` payloads; content deltas are skipped by
-a byte search, so the stream is never parsed and re-encoded.
+``UsageScanner`` holds the billing rule of an Anthropic stream. On the passthrough route it
+reads the bytes forwarded untouched and decodes only the small ``message_start`` /
+``message_delta`` / ``error`` payloads (content deltas are skipped by a byte search, so the
+stream is never parsed and re-encoded); on translated routes, whose events are parsed
+anyway, it observes the parsed events instead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import orjson
 
 # Event lines we must decode the following data line of.
-_WANTED = {b"message_start": 1, b"message_delta": 2, b"error": 3}
+_WANTED = {b"message_start": 1, b"message_delta": 2, b"error": 3, b"message_stop": 4}
 _MARKERS = (b"event: message_", b"event: error", b"event:message_", b"event:error")
 # One per content delta event (in its data line); counted with bytes.count, never parsed.
 _DELTA_MARK = b'"type":"content_block_delta"'
@@ -23,20 +25,16 @@ _SEAM = len(_DELTA_MARK) - 1
 DELTA_FRAMING = 88
 # A partial line longer than this cannot be an event line; it is content to skip.
 _MAX_EVENT_LINE = 64
-_USAGE_FIELDS = (
-    "input_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "output_tokens",
-)
+_KINDS = {"message_start": 1, "message_delta": 2, "error": 3, "message_stop": 4}
 
 
 class UsageScanner:
-    """Feeds on arbitrary chunks of an Anthropic SSE stream; any chunking gives one result."""
+    """Feeds on arbitrary chunks of an Anthropic SSE stream (``feed``) or on its parsed
+    events (``observe``); any chunking gives one result."""
 
     __slots__ = (
-        "_buf", "_pending", "_seam", "_skip", "bytes", "deltas", "error", "head_bytes",
-        "model", "start", "stop_reason", "usage",
+        "_buf", "_pending", "_seam", "_skip", "bytes", "deltas", "ended", "error",
+        "forwarded", "head_bytes", "model", "start", "stop_reason", "usage",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -52,6 +50,8 @@ class UsageScanner:
         self.bytes = 0  # every byte fed
         self.deltas = 0  # content delta events seen
         self.head_bytes = 0  # bytes before the first delta (message_start and the like)
+        self.ended = False  # message_stop or error seen: the answer is complete
+        self.forwarded: int | None = None  # exact content bytes, when events are observed
 
     def feed(self, chunk: bytes) -> None:
         # The marker may straddle two chunks: search the previous chunk's last bytes too.
@@ -92,9 +92,20 @@ class UsageScanner:
         else:
             self._skip = True
 
+    def observe(self, event: str, data: dict[str, Any]) -> None:
+        """One parsed event of the stream, in place of its bytes."""
+        if event == "content_block_delta":
+            self.forwarded = (self.forwarded or 0) + _delta_bytes(data)
+            return
+        kind = _KINDS.get(event)
+        if kind:
+            self._apply(kind, data)
+
     def _line(self, line: bytes) -> None:
         if line.startswith(b"event:"):
             self._pending = _WANTED.get(line[6:].strip(), 0)
+            if self._pending == 4:
+                self._pending, self.ended = 0, True
         elif self._pending and line.startswith(b"data:"):
             kind, self._pending = self._pending, 0
             try:
@@ -114,12 +125,22 @@ class UsageScanner:
             self.usage.update(payload.get("usage") or {})
             delta = payload.get("delta") or {}
             self.stop_reason = delta.get("stop_reason") or self.stop_reason
-        else:
+        elif kind == 3:
             self.error = payload.get("error") or {"type": "api_error", "message": ""}
+            self.ended = True
+        else:
+            self.ended = True
+
+    @property
+    def final(self) -> bool:
+        """The upstream reported its final output count (message_delta's output_tokens)."""
+        return "output_tokens" in self.usage
 
     def content_bytes(self) -> int:
-        """An upper bound of the content bytes forwarded since the first delta: what follows
-        it, less the least framing each delta has."""
+        """The content bytes forwarded: counted exactly from observed events, else an upper
+        bound from the bytes since the first delta, less the least framing each delta has."""
+        if self.forwarded is not None:
+            return self.forwarded
         if not self.deltas:
             return 0
         # head_bytes ends at the first delta's marker, past its 'data: {' prefix.
@@ -131,6 +152,25 @@ class UsageScanner:
         merged = dict(self.start)
         merged.update(self.usage)
         return merged
+
+    def usage_now(self, max_tokens: int | None) -> dict[str, Any]:
+        """What the stream is billed for at this point: the reported usage, with the output
+        counted from the forwarded content until the final count arrives."""
+        return with_forwarded_output(
+            self.billed_usage(), self.final, self.content_bytes(), max_tokens
+        )
+
+
+def _delta_bytes(data: dict[str, Any]) -> int:
+    """The content bytes of one content_block_delta: text, thinking or tool-input JSON."""
+    delta = data.get("delta")
+    if not isinstance(delta, dict):
+        return 0
+    for name in ("text", "thinking", "partial_json"):
+        value = delta.get(name)
+        if isinstance(value, str):
+            return len(value.encode())
+    return 0
 
 
 def forwarded_tokens(content_bytes: int) -> int:
@@ -157,19 +197,21 @@ def with_forwarded_output(
     return {**usage, "output_tokens": estimate}
 
 
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` as a JSON object; None when it is anything else."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def usage_from_message(body: bytes) -> tuple[dict[str, Any], str | None]:
     """Usage and model of a non-streamed Messages response (empty when unparsable)."""
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}, None
-    if not isinstance(message, dict):
+    message = json_object(body)
+    if message is None:
         return {}, None
     return dict(message.get("usage") or {}), message.get("model")
-
-
-def has_usage(usage: dict[str, Any]) -> bool:
-    return any(usage.get(f) for f in _USAGE_FIELDS)
 
 
 class EventSplitter:

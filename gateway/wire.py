@@ -31,19 +31,30 @@ _STATUS: tuple[tuple[type[errors.AntexError], int], ...] = (
     (errors.ServiceUnavailable, 503),
 )
 
-_OPENAI_TYPE = {
+# The one OpenAI mapping of an error type, Anthropic's or ours, whoever found the error:
+# type -> (HTTP status, or None to keep the one it came with; OpenAI type; OpenAI code).
+OPENAI_ERRORS: dict[str, tuple[int | None, str, str | None]] = {
+    "invalid_request_error": (400, "invalid_request_error", None),
+    # An unknown model is the one 404 of the Messages API; other not-found errors (a stored
+    # response) have no code.
+    "not_found_error": (404, "not_found_error", "model_not_found"),
+    "request_too_large": (400, "invalid_request_error", "request_too_large"),
+    "authentication_error": (401, "authentication_error", "invalid_api_key"),
+    "permission_error": (403, "permission_error", "permission_denied"),
+    "billing_error": (None, "insufficient_quota", "insufficient_quota"),
+    "rate_limit_error": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "api_error": (None, "server_error", None),
+    "overloaded_error": (503, "server_error", "server_is_overloaded"),
+    "timeout_error": (None, "timeout_error", "timeout"),
+}
+# The OpenAI type of the product's own codes (payload_too_large, ip_limit_reached, ...).
+_OPENAI_TYPE_OF_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
     408: "timeout_error",
     429: "rate_limit_error",
-}
-_OPENAI_CODE = {
-    "authentication_error": "invalid_api_key",
-    "permission_error": "permission_denied",
-    "not_found_error": "model_not_found",
-    "rate_limit_error": "rate_limit_exceeded",
 }
 
 
@@ -78,14 +89,16 @@ def anthropic_body(err: errors.AntexError, request_id: str) -> bytes:
 
 
 def openai_error(err: errors.AntexError) -> dict[str, Any]:
-    status = status_of(err)
-    # The product's own codes (payload_too_large, ip_limit_reached, ...) stay visible as `code`.
-    kind = _OPENAI_TYPE.get(status, "api_error" if status < 503 else "service_unavailable")
-    code = err.code if err.code not in _OPENAI_TYPE.values() else _OPENAI_CODE.get(err.code)
-    if err.code == "invalid_request_error" or (
-        isinstance(err, errors.NotFound) and err.param != "model"
-    ):
-        code = None  # model_not_found only when it is the model that is missing
+    """The inner OpenAI error object of a domain error (its status is ``status_of``)."""
+    mapped = OPENAI_ERRORS.get(err.code)
+    code: str | None
+    if mapped is None:
+        # The product's own codes stay visible as `code`.
+        kind, code = _OPENAI_TYPE_OF_STATUS.get(status_of(err), "server_error"), err.code
+    else:
+        _, kind, code = mapped
+    if isinstance(err, errors.NotFound) and err.param != "model":
+        code = None
     return {"message": err.message, "type": kind, "code": code, "param": err.param}
 
 
@@ -97,22 +110,6 @@ def sse_error_event(err: errors.AntexError) -> bytes:
     """One Anthropic ``event: error`` for failures after a 200 was already sent."""
     payload = orjson.dumps({"type": "error", "error": {"type": err.code, "message": err.message}})
     return b"event: error\ndata: " + payload + b"\n\n"
-
-
-def stopping_event() -> bytes:
-    """Ends a stream the gateway cut because it is stopping: retrying elsewhere works."""
-    return sse_error_event(
-        errors.ServiceUnavailable("The gateway is restarting; retry the request.")
-    )
-
-
-def upstream_lost_event(timeout: bool) -> bytes:
-    err = (
-        errors.UpstreamTimedOut("Upstream stopped sending data")
-        if timeout
-        else errors.UpstreamFailed("Upstream connection lost")
-    )
-    return sse_error_event(err)
 
 
 def with_request_id(body: bytes, request_id: str) -> bytes:

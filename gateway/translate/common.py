@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.wire import OPENAI_ERRORS
 
 Block = dict[str, Any]
 
@@ -346,18 +347,6 @@ def chat_usage(usage: Mapping[str, int], thinking: int | None = None) -> dict[st
 # -- errors ----------------------------------------------------------------------------------
 
 # Anthropic error.type → (OpenAI-facing status, type, code). F.5 / C5.
-_ERRORS: dict[str, tuple[int | None, str, str | None]] = {
-    "invalid_request_error": (400, "invalid_request_error", None),
-    "not_found_error": (400, "invalid_request_error", "model_not_found"),
-    "request_too_large": (400, "invalid_request_error", "request_too_large"),
-    "authentication_error": (401, "invalid_request_error", "invalid_api_key"),
-    "permission_error": (403, "permission_error", None),
-    "billing_error": (None, "insufficient_quota", "insufficient_quota"),
-    "rate_limit_error": (429, "rate_limit_error", "rate_limit_exceeded"),
-    "api_error": (None, "server_error", None),
-    "overloaded_error": (503, "server_error", "server_is_overloaded"),
-    "timeout_error": (None, "timeout_error", "timeout"),
-}
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                  403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                  429: "rate_limit_error", 529: "overloaded_error"}
@@ -381,7 +370,7 @@ def anthropic_error_fields(error: Mapping[str, Any]) -> tuple[str, str]:
 
 def openai_error(err_type: str, message: str, status: int = 500) -> tuple[int, dict[str, Any]]:
     """(status, inner OpenAI error object) for an Anthropic error type and message."""
-    mapped_status, oai_type, code = _ERRORS.get(err_type, (None, err_type, None))
+    mapped_status, oai_type, code = OPENAI_ERRORS.get(err_type, (None, err_type, None))
     if err_type == "invalid_request_error" and is_context_overflow(message):
         code = "context_length_exceeded"
     out_status = mapped_status or {413: 400, 529: 503}.get(status, status)

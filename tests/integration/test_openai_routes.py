@@ -17,9 +17,8 @@ import orjson
 import pytest
 import valkey
 
-from gateway.catalog import load_catalog
+from gateway.catalog import adaptive_thinking, load_catalog
 from gateway.keyspace import AccountKeys
-from gateway.openai_routes import adaptive_thinking
 from gateway.plans import Plan
 from gateway.sse import EventSplitter, UsageScanner
 from gateway.translate.openai_chat import chat_request_to_anthropic
@@ -843,3 +842,26 @@ async def test_codex_stream_refusal_of_a_full_window_is_final_with_its_window(
                 call_responses(client, window_request(call_responses))
         finally:
             stack.move_clock(-moved)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_route_records_the_stop_reason_and_the_upstreams_request_id(
+    stack: Stack, customer: Customer, log_of: Any, stream: bool
+) -> None:
+    headers = {"authorization": f"Bearer {customer.key}"}
+    calls = (
+        ("/v1/messages", {"model": MODEL, "max_tokens": 64, "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/chat/completions", {"model": MODEL, "stream": stream,
+                                  "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"model": MODEL, "input": "hi", "stream": stream}),
+    )  # fmt: skip
+    for path, body in calls:
+        resp = httpx.post(f"{stack.url}{path}", headers=headers, json=body, timeout=30)
+        assert resp.status_code == 200, resp.text
+    entries = log_of(customer, len(calls))
+    assert [e["route"] for e in entries] == ["messages", "chat_completions", "responses"]
+    for entry in entries:
+        assert entry["stop_reason"] == "end_turn"
+        assert entry["upstream_request_id"].startswith("req_sim_")
+        assert entry["stream"] == str(int(stream)) and "error_type" not in entry

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import load_catalog
+from gateway.catalog import adaptive_thinking, load_catalog
 from gateway.errors import ConfigError
 
 A8_MODELS = [
@@ -133,3 +133,12 @@ def test_pure_modules_import_no_io_libraries() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_the_shipped_catalog_names_how_each_model_thinks() -> None:
+    catalog = load_catalog()
+    assert all(m.thinking in ("adaptive", "budget") for m in catalog.models)
+    for model in catalog.models:  # the catalog agrees with the rule for undescribed models
+        assert catalog.adaptive_thinking(model.id) is adaptive_thinking(model.id)
+    assert not catalog.adaptive_thinking("claude-opus-4-5")  # an alias resolves to its model
+    assert catalog.adaptive_thinking("claude-sonnet-4-6")

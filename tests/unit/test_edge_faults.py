@@ -84,7 +84,7 @@ async def test_an_unguarded_valkey_outage_is_a_503_in_the_routes_shape(app: Appl
     assert status == 503 and headers[b"content-type"] == b"application/json"
     assert orjson.loads(body)["error"]["type"] == "api_error"
     status, _, body = await call(app, "/v1/chat/completions")
-    assert status == 503 and orjson.loads(body)["error"]["type"] == "service_unavailable"
+    assert status == 503 and orjson.loads(body)["error"]["type"] == "server_error"
     status, _, _ = await call(app, "/dashboard/usage")
     assert status == 503
 
@@ -97,7 +97,7 @@ async def test_an_unexpected_fault_is_a_500_in_shape_logged_without_its_message(
         assert status == 500 and headers[b"content-type"] == b"application/json"
         assert orjson.loads(body)["error"] == {"type": "api_error", "message": "Internal error."}
         status, _, body = await call(app, "/v1/responses")
-        assert status == 500 and orjson.loads(body)["error"]["type"] == "api_error"
+        assert status == 500 and orjson.loads(body)["error"]["type"] == "server_error"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "ValueError" in logged and "test_edge_faults.py" in logged
     assert SECRET not in logged and SECRET.encode() not in body

@@ -31,13 +31,9 @@ PURE = (
     "gateway.pool_choice",
     "gateway.pool_state",
 )
-AIOHTTP_IMPORTERS = {"gateway.proxy", "gateway.upstream", "gateway.simulator"}
+AIOHTTP_IMPORTERS = {"gateway.upstream", "gateway.simulator"}
 # Known exceptions, each to be removed when its module stops needing aiohttp:
 AIOHTTP_PENDING = {
-    # Annotate aiohttp.ClientResponse in the exchange; the one upstream stream object that
-    # owns the response (and its error mapping) replaces these signatures.
-    "gateway.pipeline",
-    "gateway.openai_routes",
     # Webhook delivery: a second outbound HTTP client (its own timeouts, its own session)
     # that the upstream module does not offer yet.
     "gateway.alerts",

@@ -190,3 +190,42 @@ def test_event_splitter_yields_every_event_once(cuts: list[int]) -> None:
     assert names[0] == "message_start" and names[-1] == "message_stop"
     assert names.count("content_block_delta") == 2
     assert all(orjson.loads(data)["type"] == name for name, data in events)
+
+
+def observe(stream: bytes, cuts: list[int]) -> UsageScanner:
+    """The translated routes' way: the same scanner fed the parsed events."""
+    scanner, splitter = UsageScanner(), EventSplitter()
+    positions = sorted({c % (len(stream) + 1) for c in cuts})
+    start = 0
+    for pos in [*positions, len(stream)]:
+        if pos > start:
+            for name, raw in splitter.feed(stream[start:pos]):
+                scanner.observe(name, orjson.loads(raw))
+            start = pos
+    return scanner
+
+
+@settings(max_examples=200)
+@given(pieces=tricky_text, output=st.integers(1, 100_000), cuts=st.lists(st.integers(0, 10**6)))
+def test_parsed_events_bill_as_the_scanned_bytes_do(
+    pieces: list[str], output: int, cuts: list[int]
+) -> None:
+    stream = realistic_stream(pieces, output)
+    scanned, observed = scan(stream, cuts), observe(stream, cuts)
+    assert observed.billed_usage() == scanned.billed_usage()
+    assert observed.usage_now(None) == scanned.usage_now(None)
+    assert (observed.stop_reason, observed.model) == (scanned.stop_reason, scanned.model)
+    assert observed.ended and scanned.ended and observed.final
+
+
+@settings(max_examples=100)
+@given(pieces=tricky_text, keep=st.integers(0, 12))
+def test_parsed_events_of_a_cut_stream_count_exactly_the_content_sent(
+    pieces: list[str], keep: int
+) -> None:
+    cut = realistic_stream(pieces[:keep], 1).split(b"event: content_block_stop")[0]
+    observed, scanned = observe(cut, []), scan(cut, [])
+    sent = sum(len(p.encode()) for p in pieces[:keep])
+    assert observed.content_bytes() == sent <= scanned.content_bytes()
+    assert not observed.ended and not observed.final
+    assert observed.usage_now(None)["output_tokens"] == max(1, forwarded_tokens(sent))

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway import errors, wire
 from gateway.errors import InvalidRequest
 from gateway.translate.common import anthropic_error_to_openai, sanitize_tool_id
 from gateway.translate.openai_chat import (
@@ -453,10 +454,10 @@ def anthropic_error(err_type: str, message: str) -> bytes:
     ("status", "err_type", "out_status", "out_type", "code"),
     [
         (400, "invalid_request_error", 400, "invalid_request_error", None),
-        (404, "not_found_error", 400, "invalid_request_error", "model_not_found"),
+        (404, "not_found_error", 404, "not_found_error", "model_not_found"),
         (413, "request_too_large", 400, "invalid_request_error", "request_too_large"),
-        (401, "authentication_error", 401, "invalid_request_error", "invalid_api_key"),
-        (403, "permission_error", 403, "permission_error", None),
+        (401, "authentication_error", 401, "authentication_error", "invalid_api_key"),
+        (403, "permission_error", 403, "permission_error", "permission_denied"),
         (429, "rate_limit_error", 429, "rate_limit_error", "rate_limit_exceeded"),
         (500, "api_error", 500, "server_error", None),
         (529, "overloaded_error", 503, "server_error", "server_is_overloaded"),
@@ -470,6 +471,16 @@ def test_anthropic_errors_map_to_openai(status: int, err_type: str, out_status: 
     got_status, body = anthropic_error_to_openai(status, anthropic_error(err_type, "boom"))
     assert got_status == out_status
     assert body == {"error": {"message": "boom", "type": out_type, "code": code, "param": None}}
+
+
+def test_an_unknown_model_maps_alike_whoever_finds_it() -> None:
+    ours = errors.NotFound("model: gpt-4o", param="model")
+    upstream = anthropic_error("not_found_error", "model: gpt-4o")
+    status, theirs = anthropic_error_to_openai(404, upstream)
+    mapped = wire.openai_error(ours)
+    assert (status, theirs["error"]["type"], theirs["error"]["code"]) == (
+        wire.status_of(ours), mapped["type"], mapped["code"]
+    ) == (404, "not_found_error", "model_not_found")
 
 
 def test_prompt_too_long_is_context_length_exceeded() -> None:

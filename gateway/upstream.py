@@ -1,7 +1,8 @@
-"""The upstream side: one aiohttp session per worker, header rules, streaming passthrough.
+"""The upstream side: one aiohttp session per worker, header rules, the upstream stream.
 
-Upstream bytes go to the client as they arrive, untouched; a scanner reads usage from
-them on the way. A vanished client closes the upstream response at once.
+Upstream bytes go to the client as they arrive; the stream's meter reads usage from them on
+the way. A vanished client closes the upstream response at once. The only aiohttp importer
+on the request path: its errors become domain errors here.
 """
 
 from __future__ import annotations
@@ -10,22 +11,24 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 
-from gateway import wire
 from gateway.config import Settings
-from gateway.errors import UpstreamFailed, UpstreamTimedOut
+from gateway.errors import AntexError, ServiceUnavailable, UpstreamFailed, UpstreamTimedOut
 from gateway.pool_choice import conversation_key, is_new_conversation
 from gateway.pool_state import DISABLE_STATUSES, RETRY_STATUSES, Member, PoolPolicy, PoolView
-from gateway.sse import UsageScanner
+from gateway.sse import EventSplitter, UsageScanner, json_object
 
 if TYPE_CHECKING:
     from gateway.pool_metrics import PoolMetrics
 
 log = logging.getLogger("antex.upstream")
 T = TypeVar("T")
+UpstreamResponse = aiohttp.ClientResponse  # what callers above this module hold, by name
+# What aiohttp raises when the transport fails (its timeouts are TimeoutErrors).
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 # Never forwarded upstream: hop-by-hop, the client's credentials, and our own edge's view.
 _DROP_REQUEST = frozenset(
@@ -96,7 +99,7 @@ class Route:
 
     def __init__(self, account_id: str, payload: dict[str, Any], model: str) -> None:
         self._account = account_id
-        self._payload = payload
+        self._payload: dict[str, Any] | None = payload  # until the pool made its choice
         self._key: bytes | None = None
         self.model = model
         self.new_conversation = is_new_conversation(payload)
@@ -108,8 +111,12 @@ class Route:
     def key(self) -> bytes:
         """The conversation key, computed only when the pool has a choice to make."""
         if self._key is None:
-            self._key = conversation_key(self._account, self._payload)
+            self._key = conversation_key(self._account, self._payload or {})
         return self._key
+
+    def chosen(self) -> None:
+        """The upstream order is fixed: the request's payload is no longer needed."""
+        self._payload = None
 
     def done(self) -> None:
         """The answer is over: frees the upstream's concurrency slot (idempotent)."""
@@ -182,6 +189,8 @@ class Upstream:
         key = route.key if route is not None and len(self.view.members) > 1 else b""
         fresh = route.new_conversation if route is not None else True
         order = self.view.order(key, model, new_conversation=fresh, now=now)
+        if route is not None:
+            route.chosen()
         if not order:
             raise UpstreamFailed(f"No upstream is enabled for model {model or 'requests'}")
         policy = self.policy
@@ -242,10 +251,8 @@ class Upstream:
             return await self._session.post(
                 member.base + path_qs, data=body, headers=headers, timeout=self._whole_timeout
             )
-        except TimeoutError as exc:
-            raise UpstreamTimedOut("Upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed(f"Upstream unreachable: {type(exc).__name__}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise failure(exc, answered=False) from exc
 
     def _failed_over(self, member: Member, route: Route | None) -> None:
         if route is not None:
@@ -273,38 +280,30 @@ async def _discard(resp: aiohttp.ClientResponse) -> None:
     try:
         async with asyncio.timeout(1.0):
             await resp.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except TRANSPORT_ERRORS:
         resp.close()
     finally:
         resp.release()
 
 
-async def read_body(resp: aiohttp.ClientResponse) -> bytes:
+def failure(exc: BaseException, *, answered: bool, named: bool = True) -> UpstreamFailed:
+    """The one mapping of a transport error to the domain: before the upstream answered (a
+    connect failure or first-byte timeout) or after (reading its body). ``named`` adds
+    the exception's class, for messages that never reach a stream already open."""
+    if isinstance(exc, TimeoutError):
+        timed = "Upstream stopped sending data" if answered else "Upstream did not answer in time"
+        return UpstreamTimedOut(timed)
+    what = "Upstream connection lost" if answered else "Upstream unreachable"
+    return UpstreamFailed(f"{what}: {type(exc).__name__}" if named else what)
+
+
+async def read_upstream_body(resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
-    except TimeoutError as exc:
-        raise UpstreamTimedOut("Upstream stopped sending data") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(f"Upstream connection lost: {type(exc).__name__}") from exc
+    except TRANSPORT_ERRORS as exc:
+        raise failure(exc, answered=True) from exc
     finally:
         resp.release()
-
-
-class StreamState:
-    """What a finished stream tells the billing step."""
-
-    __slots__ = (
-        "bytes_out", "chunks", "client_gone", "failed", "first_chunk_at", "scanner", "stopping",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.scanner = UsageScanner()
-        self.client_gone = False
-        self.stopping = False  # the gateway is stopping and cut the stream
-        self.failed = False
-        self.first_chunk_at = 0.0
-        self.chunks = 0
-        self.bytes_out = 0
 
 
 class ClientGone(Exception):
@@ -320,7 +319,7 @@ class Departure:
     def __init__(self, receive: Callable[[], Any]) -> None:
         self.gone = False
         self._resp: aiohttp.ClientResponse | None = None
-        self._state: StreamState | None = None
+        self._state: UpstreamStream | None = None
         self.on_stop: Callable[[Departure], None] = lambda departure: None
         self._task = asyncio.get_running_loop().create_task(self._watch(receive))
 
@@ -351,7 +350,7 @@ class Departure:
         """A stream took the watch over; its end stops it."""
         return self._resp is not None
 
-    def follow(self, resp: aiohttp.ClientResponse, state: StreamState) -> None:
+    def follow(self, resp: aiohttp.ClientResponse, state: UpstreamStream) -> None:
         self._resp, self._state = resp, state
         if self.gone:
             state.client_gone = True
@@ -368,30 +367,117 @@ class Departure:
         self.on_stop(self)
 
 
-async def passthrough(
-    resp: aiohttp.ClientResponse,
-    state: StreamState,
-    on_first_chunk: Callable[[], None],
-) -> AsyncIterator[bytes]:
-    """Yields upstream bytes unchanged; a failure after the 200 ends in one error event."""
-    scanner = state.scanner
-    try:
-        async for chunk in resp.content.iter_any():
-            if not state.chunks:
-                on_first_chunk()
-            state.chunks += 1
-            state.bytes_out += len(chunk)
-            scanner.feed(chunk)
-            yield chunk
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        if state.client_gone:
-            return
-        if state.stopping:
-            yield wire.stopping_event()
-            return
-        state.failed = True
+Event = tuple[str, dict[str, Any]]  # an SSE event's name and its JSON data
+
+
+class Shaper(Protocol):
+    """How a route writes an upstream stream to its client. ``events`` asks for each
+    chunk's parsed events (translated routes); the passthrough route reads the bytes."""
+
+    events: bool
+
+    def opening(self) -> bytes:
+        """What goes out once the upstream answered 200, before its first chunk."""
+        ...
+
+    def piece(self, chunk: bytes, events: list[Event]) -> bytes:
+        """One upstream chunk (and its complete events) as the client's next write."""
+        ...
+
+    def closing(self, lost: AntexError) -> bytes:
+        """The last write of a stream that broke off (a 200 is out: an error event)."""
+        ...
+
+
+class UpstreamStream:
+    """One upstream SSE answer on its way to one client: the one stream loop.
+
+    It owns what every stream shares: the client's watch (``Departure``), the first-byte
+    time, the usage rule (``meter``), the mapping of aiohttp errors to the domain error
+    ``lost`` (written by the route's ``closing``: a 200 is already out) and the settle
+    callback ``on_end``, called once however the stream ends. Routes only shape the bytes.
+    """
+
+    __slots__ = (
+        "_departure", "_ended", "_on_end", "_on_first_byte", "_resp", "_shaper", "client_gone",
+        "lost", "meter", "stopping",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        departure: Departure,
+        shaper: Shaper,
+        *,
+        on_first_byte: Callable[[], None],
+        on_end: Callable[[UpstreamStream], None],
+    ) -> None:
+        self._resp = resp
+        self._departure = departure
+        self._shaper = shaper
+        self._on_first_byte = on_first_byte
+        self._on_end = on_end
+        self._ended = False
+        self.meter = UsageScanner()
+        self.client_gone = False
+        self.stopping = False  # the gateway is stopping and cut the stream
+        self.lost: AntexError | None = None
+        departure.follow(resp, self)
+
+    @property
+    def failed(self) -> bool:
+        """The upstream connection broke before the answer was complete."""
+        return self.lost is not None and not self.stopping
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The client's writes: one per upstream chunk, as it arrives."""
+        shaper, meter = self._shaper, self.meter
+        splitter = EventSplitter() if shaper.events else None
+        no_events: list[Event] = []
+        first = True
+        try:
+            yield shaper.opening()
+            try:
+                async for chunk in self._resp.content.iter_any():
+                    if first:
+                        first = False
+                        self._on_first_byte()
+                    if splitter is None:
+                        meter.feed(chunk)
+                        yield shaper.piece(chunk, no_events)
+                        continue
+                    parsed: list[Event] = []
+                    for name, raw in splitter.feed(chunk):
+                        data = json_object(raw)
+                        if data is not None:
+                            meter.observe(name, data)
+                            parsed.append((name, data))
+                    yield shaper.piece(chunk, parsed)
+                if splitter is not None and not meter.ended and not self.client_gone:
+                    # The parsed events show an answer that ended without its end event.
+                    self.lost = UpstreamFailed("Upstream connection lost")
+            except TRANSPORT_ERRORS as exc:
+                self.lost = self._mapped(exc)
+            if self.lost is not None:
+                yield shaper.closing(self.lost)
+        finally:
+            self.end()
+
+    def _mapped(self, exc: Exception) -> AntexError | None:
+        """What a broken upstream read means for the client; None when nothing is lost."""
+        if self.client_gone or (self.meter.ended and not self.stopping):
+            return None
+        if self.stopping:
+            return ServiceUnavailable("The gateway is restarting; retry the request.")
         log.warning("upstream stream failed: %s", type(exc).__name__)
-        if scanner.error is None:
-            yield wire.upstream_lost_event(isinstance(exc, TimeoutError))
-    finally:
-        resp.release()
+        return failure(exc, answered=True, named=False)
+
+    def end(self) -> None:
+        """The client's answer is over, however it ended: releases the upstream response,
+        stops the watch and settles, once."""
+        if self._ended:
+            return
+        self._ended = True
+        self._resp.release()
+        self._departure.stop()
+        self._on_end(self)

@@ -12,21 +12,18 @@ from blacksheep import Content, Request, Response
 from gateway import errors, wire
 from gateway.accounts import get_account
 from gateway.catalog import ModelInfo
-from gateway.edge import request_id, stream_response
-from gateway.pipeline import Pipeline, Ticket
-from gateway.proxy import (
-    ClientGone,
-    Departure,
-    StreamState,
+from gateway.edge import request_id
+from gateway.exchange import Call, Exchange, Headers
+from gateway.pipeline import Pipeline
+from gateway.schemas import CountTokensBody, MessagesBody
+from gateway.upstream import (
+    Event,
     Upstream,
     content_type,
-    passthrough,
-    read_body,
+    read_upstream_body,
     response_headers,
     upstream_headers,
 )
-from gateway.schemas import CountTokensBody, MessagesBody
-from gateway.sse import usage_from_message
 from gateway.wire import usage_body
 
 JSON = b"application/json"
@@ -63,80 +60,57 @@ def model_object(info: ModelInfo) -> dict[str, Any]:
     }
 
 
+class Passthrough:
+    """/v1/messages answers as the upstream sent them: bytes untouched (never re-serialized,
+    thinking signatures stay valid), upstream error wording verbatim."""
+
+    __slots__ = ("request_id",)
+    events = False
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def opening(self) -> bytes:
+        return b""
+
+    def piece(self, chunk: bytes, events: list[Event]) -> bytes:
+        return chunk
+
+    def closing(self, lost: errors.AntexError) -> bytes:
+        return wire.sse_error_event(lost)
+
+    def whole(
+        self, status: int, raw: bytes, message: dict[str, Any] | None, headers: Headers,
+        ctype: bytes,
+    ) -> Response:  # fmt: skip
+        if status != 200:
+            # Clients match on the upstream's wording; the id in it becomes ours, the one
+            # the access log and the request-id header carry.
+            raw = wire.with_request_id(raw, self.request_id)
+        return Response(status, headers, Content(ctype, raw))
+
+    def refused(self, exc: errors.RateLimited) -> Response | None:
+        return None
+
+
 class AnthropicRoutes:
     def __init__(self, pipeline: Pipeline, upstream: Upstream, client: avalkey.Valkey) -> None:
         self.p = pipeline
         self.upstream = upstream
         self.valkey = client
+        self.exchange = Exchange(pipeline, upstream)
 
     async def messages(self, request: Request) -> Response:
-        p = self.p
-        authed, ip_tag = await p.authenticate(request)
-        body = await p.read_body(request)
-        payload = p.parse(body, MessagesBody)
-        model, max_tokens = p.check_messages(payload)
-        ticket = await p.admit(
-            request_id=request_id(request), route="messages", authed=authed, ip_tag=ip_tag,
-            model=model, payload=payload, body=body, max_tokens=max_tokens,
-        )  # fmt: skip
-        headers = upstream_headers(request.scope["headers"], self.upstream.key)
-        # Watched from now on: a client that leaves cancels the upstream call at once.
-        departure = p.watch(request)
-        resp = None
-        try:
-            resp = await departure.guard(
-                p.send(ticket, self.upstream, path_with_query("/v1/messages", request), headers)
-            )
-            ctype = resp.headers.get("content-type", "")
-            if resp.status != 200 or not ctype.startswith("text/event-stream"):
-                return await self._whole(ticket, resp, departure)
-            return self._stream(ticket, resp, departure)
-        except ClientGone:
-            return p.client_left(ticket, resp)
-        finally:
-            if resp is None or not departure.following:
-                departure.stop()
+        def prepare(payload: dict[str, Any], body: bytes) -> Call:
+            path = path_with_query("/v1/messages", request)
+            return Call(payload, body, Passthrough(request_id(request)), path)
 
-    async def _whole(self, ticket: Ticket, resp: Any, departure: Departure) -> Response:
-        data = await departure.guard(self.p.read_whole(ticket, resp))
-        usage = usage_from_message(data)[0] if resp.status == 200 else {}
-        self.p.finish(ticket, usage, resp.status, "ok" if resp.status == 200 else "upstream_error")
-        if resp.status != 200:
-            # Upstream error wording goes back unmodified (clients match on it); the id in it
-            # becomes ours, the one the access log and the request-id header carry.
-            data = wire.with_request_id(data, ticket.request_id)
-        return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
-
-    def _stream(self, ticket: Ticket, resp: Any, departure: Departure) -> Response:
-        state = StreamState()
-        departure.follow(resp, state)
-        metrics = self.p.metrics
-        metrics.stream_opened()
-
-        async def provider() -> Any:
-            scanner = state.scanner
-            # Checkpointed: a killed gateway bills what was forwarded by the last checkpoint.
-            self.p.track_stream(ticket, lambda: (
-                scanner.billed_usage(), "output_tokens" in scanner.usage, scanner.content_bytes()
-            ))  # fmt: skip
-            try:
-                async for chunk in passthrough(resp, state, ticket.first_byte):
-                    yield chunk
-            finally:
-                departure.stop()
-                metrics.stream_closed()
-                self.p.finish_stream(
-                    ticket, state, scanner.billed_usage(), scanner.error is not None,
-                    final="output_tokens" in scanner.usage,
-                    content_bytes=scanner.content_bytes(),
-                )  # fmt: skip
-
-        return stream_response(response_headers(resp), provider, content_type(resp))
+        return await self.exchange.serve(request, "messages", MessagesBody, prepare)
 
     async def count_tokens(self, request: Request) -> Response:
         p = self.p
         authed, ip_tag = await p.authenticate(request)
-        body = await p.read_body(request)
+        body = await p.read_request_body(request)
         payload = p.parse(body, CountTokensBody)
         model_id = payload.get("model")
         if not isinstance(model_id, str) or not model_id:
@@ -146,7 +120,7 @@ class AnthropicRoutes:
         headers = upstream_headers(request.scope["headers"], self.upstream.key)
         path = path_with_query("/v1/messages/count_tokens", request)
         resp = await self.upstream.post(path, body, headers, stream=False)
-        data = await read_body(resp)
+        data = await read_upstream_body(resp)
         if resp.status != 200:
             data = wire.with_request_id(data, request_id(request))
         return Response(resp.status, response_headers(resp), Content(content_type(resp), data))
