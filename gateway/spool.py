@@ -61,9 +61,11 @@ def _lines(charges: Iterable[Charge]) -> bytes:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    done = os.write(fd, data)
+    if done < len(data):  # a regular file writes short only when the disk fills
+        view = memoryview(data)[done:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 class Spool:

@@ -142,9 +142,18 @@ async def test_a_grown_file_is_compacted_to_what_is_live_and_stays_locked(tmp_pa
         assert spool.path.read_bytes() == lines(*live)
         spool.append([charge("after", 5, 0)])  # the new file takes the next lines
         assert read_unacked(spool.path.read_bytes()) == [*live, charge("after", 5, 0)]
+        # A line written while a compaction runs is in the file that replaces the old one.
+        live.append(charge("after", 5, 0))
+        fill(spool, 2000)
+        step = asyncio.ensure_future(spool.maintain(lambda: live))
+        await asyncio.sleep(0)
+        spool.append([charge("during", 6, 0)])
+        await step
+        assert spool.size < 2000
+        assert read_unacked(spool.path.read_bytes()) == [*live, charge("during", 6, 0)]
         assert not (tmp_path / f"settle-{os.getpid()}.tmp").exists()
         assert claim_orphans(tmp_path, tmp_path / "elsewhere") == []  # still this worker's
     finally:
         await spool.idle()
         spool.close(settled=False)
-    assert read_unacked(spool.path.read_bytes()) == [*live, charge("after", 5, 0)]
+    assert read_unacked(spool.path.read_bytes()) == [*live, charge("during", 6, 0)]
