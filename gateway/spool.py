@@ -6,8 +6,9 @@ ids]}`` lines once Valkey applied them. The file is flock'ed for the worker's li
 whose lock can be taken belongs to a dead worker, and whoever takes it replays it.
 
 Durability: every line is ``write(2)``n within the event-loop turn that queued it (what a
-killed process wrote, the kernel keeps); a background step fsyncs at most once per call,
-only when something was written, and empties or compacts the file once it has grown.
+killed process wrote, the kernel keeps); the owner's background step (``maintain``, about
+once a second) fsyncs only when something was written since, and empties or compacts the
+file once it has grown, all off the event loop.
 """
 
 from __future__ import annotations
