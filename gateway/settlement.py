@@ -1,13 +1,15 @@
 """Settlement that is never lost and never doubled: batched, spooled, retried, idempotent.
 
-A request's charge is queued in memory and written to the worker's spool at once. A flush
-goes at once when no other request of the worker is in flight (nothing would join it);
-otherwise when ``batch_target`` charges are queued or the oldest has waited ``interval_s``.
-It fsyncs the spool and sends
-every account's charges and lease renewals as one settle.lua call each, all pipelined in
-one round trip. Valkey remembers settled request ids, so a retry after an ambiguous
-failure, or a spool replay, never bills twice. A failed flush keeps everything queued and
-retries with backoff until Valkey acknowledges it.
+A request's charge is queued in memory and written to the worker's spool in the same loop
+turn (one write for all the charges of that turn). A flush goes at once when no other
+request of the worker is in flight (nothing would join it); otherwise when ``batch_target``
+charges are queued or the oldest has waited ``interval_s``. It sends every account's
+charges and lease renewals as one settle.lua call each, all pipelined in one round trip;
+their ack line rides with the next spool write. A background step fsyncs the spool at most
+every ``sync_s``, only when written to, and empties or compacts it once it has grown.
+Valkey remembers settled request ids, so a retry after an ambiguous failure, or a spool
+replay, never bills twice. A failed flush keeps everything queued and retries with backoff
+until Valkey acknowledges it.
 
 An open request's provisional charge (what a restart bills should this process die) is
 spooled at admission; a tracked one (a stream) is re-evaluated every ``checkpoint_s`` and
@@ -47,6 +49,7 @@ class Settler:
         batch_max: int = 256,
         call_timeout_s: float = 5.0,
         checkpoint_s: float = 1.0,
+        sync_s: float = 1.0,
         notify: events.Notify = events.ignore,
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
@@ -70,6 +73,9 @@ class Settler:
         self._tracked: dict[str, Callable[[], Charge]] = {}
         self.checkpoint_s = checkpoint_s
         self._checkpointer: asyncio.Task[None] | None = None
+        # A host crash loses at most this much of written-but-unsynced charges (s).
+        self.sync_s = sync_s
+        self._syncer: asyncio.Task[None] | None = None
         self._renew_every_s = limiter.settings.reservation_ttl_ms / 3000
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +122,6 @@ class Settler:
                 changed.append(charge)
         if changed and self.spool is not None:
             self.spool.append(changed)
-            self.spool.compact([*self.open.values(), *self.pending.values()])
         return len(changed)
 
     def submit(self, charge: Charge) -> None:
@@ -137,8 +142,9 @@ class Settler:
 
     def start(self) -> None:
         """Replays this worker's and dead workers' spool files, then starts flushing."""
+        loop = asyncio.get_running_loop()
         if self._spool_dir is not None:
-            self.spool = Spool(self._spool_dir)
+            self.spool = Spool(self._spool_dir, loop.call_soon)
             for charge in self.spool.leftovers():
                 self.pending[charge.request_id] = charge
             claimed = claim_orphans(self.spool.directory, self.spool.path)
@@ -146,6 +152,7 @@ class Settler:
                 for charge in charges:
                     self.submit(charge)
             if claimed:
+                self.spool.write()
                 self.spool.sync_now()  # re-spooled durably before the old files go
                 replayed = sum(len(c) for _, _, c in claimed)
                 log.warning("replaying %d unsettled charges of %d stopped workers",
@@ -154,14 +161,15 @@ class Settler:
                 drop_orphan(path, fd)
         if self.pending:
             self._wake.set()
-        loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run())
         self._checkpointer = loop.create_task(self._checkpoints())
+        if self.spool is not None:
+            self._syncer = loop.create_task(self._syncs(self.spool))
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Flushes what is queued (for at most ``timeout_s``); the rest stays spooled."""
         self._leases.clear()
-        tasks = [t for t in (self._task, self._checkpointer) if t is not None]
+        tasks = [t for t in (self._task, self._checkpointer, self._syncer) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -178,8 +186,12 @@ class Settler:
             log.error("%d charges not settled at shutdown; spooled for the next start",
                       len(self.pending))  # fmt: skip
         if self.spool is not None:
-            await self.spool.sync()
-            self.spool.close()
+            await self.spool.idle()
+            if self.pending or self.open:
+                self.spool.write()
+                await asyncio.to_thread(self.spool.close, False)
+            else:
+                self.spool.close(True)  # everything acknowledged: nothing to replay
 
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN_S
@@ -211,6 +223,18 @@ class Settler:
             await asyncio.sleep(self.checkpoint_s)
             if self._tracked:
                 self.checkpoint()
+
+    async def _syncs(self, spool: Spool) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            try:
+                await spool.maintain(self._live)
+            except OSError:
+                log.exception("spool fsync or compaction failed; retrying")
+
+    def _live(self) -> list[Charge]:
+        """What the spool must keep: open requests' provisional charges and queued ones."""
+        return [*self.open.values(), *self.pending.values()]
 
     async def _gather(self) -> None:
         """Waits while more charges are coming (requests in flight) and worth waiting for."""
@@ -245,13 +269,6 @@ class Settler:
         accounts = list(by_account.keys() | renewals.keys())
         if not accounts:
             return True
-        # Every charge is already written (a killed process loses none); the fsync that makes
-        # them survive a power loss runs beside the Valkey call, once per flush.
-        synced = (
-            asyncio.get_running_loop().create_task(self.spool.sync())
-            if self.spool is not None
-            else None
-        )
         limiter = self.limiter
         calls = [
             limiter.settle_call(a, by_account.get(a, ()), renewals.get(a, ())) for a in accounts
@@ -262,9 +279,6 @@ class Settler:
         except (errors.ServiceUnavailable, TimeoutError) as exc:
             self._failed(exc, first_try)
             return False
-        finally:
-            if synced is not None:
-                await synced
         acked: list[str] = []
         for account_id, reply in zip(accounts, replies, strict=True):
             if isinstance(reply, BaseException):
@@ -284,11 +298,7 @@ class Settler:
             (r for r in replies if isinstance(r, errors.ServiceUnavailable)), None
         )
         if self.spool is not None and acked:
-            if self.pending or self.open:
-                self.spool.ack(acked)
-                self.spool.compact([*self.open.values(), *self.pending.values()])
-            else:
-                self.spool.settled_all()
+            self.spool.ack(acked)
         if unavailable is not None:  # a node of a cluster: back off like a whole failure
             self._failed(unavailable, first_try)
             return False
