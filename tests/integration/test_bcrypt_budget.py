@@ -97,7 +97,8 @@ async def test_wrong_secrets_from_one_address_over_many_keys_cost_a_bounded_numb
         f"\n120 wrong secrets for 30 key ids from one address in {took:.2f} s: "
         f"{hashed:.0f} bcrypt runs (bound {bound:.1f})"
     )
-    assert 0 < hashed <= bound < 120
+    # Under load the bound grows with the time taken; the budget still refused some unhashed.
+    assert 0 < hashed <= bound and hashed < len(statuses)
     assert delta(before, after, "budget:address") > 0
     # A valid key new to that address is still verified (it waits for a token at most).
     assert send(stack, neighbour.key, address).status_code == 200
