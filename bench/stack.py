@@ -179,8 +179,7 @@ def antex_env(
         ANTEX_VALKEY_URL=valkey_url,
         ANTEX_UPSTREAM_URL=upstream_url,
         ANTEX_UPSTREAM_KEY=UPSTREAM_KEY,
-        ANTEX_LOG_LEVEL="warning",
-        **extra,
+        **{"ANTEX_LOG_LEVEL": "warning", **extra},
     )
 
 
