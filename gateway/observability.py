@@ -429,7 +429,7 @@ def access_log(request_id: str, account_id: str, record: dict[str, Any]) -> None
         # makeRecord + handle is what access.info does minus the caller lookup (a walk up
         # the stack per line); the lines name no source file or function.
         line = access.makeRecord(
-            _ACCESS, logging.INFO, _ACCESS, 0, "access", None, None, extra={"fields": fields}
+            _ACCESS, logging.INFO, _ACCESS, 0, "access", (), None, extra={"fields": fields}
         )
         access.handle(line)
 
