@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         results["auth_e2e"] = micro.first_request_latency(antex.url, fresh)
         log("flood")
         results["flood"] = micro.flood(antex, key, micro.key_id_of(victim[0]), args.seconds + 2)
+        log("wrong-secret flood (legit p99, none vs 200 addresses)")
+        results["wrong_secrets"] = targets.flood(antex.url, valkey.url, args.seconds)
 
         log("long streams")
         gateway_log: Counter[str] = Counter()
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             service.stop()
         if valkey is not None:
             valkey.stop()
+    results["targets"] = targets.figures_from_run(results)
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["wall_minutes"] = (time.monotonic() - started) / 60
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -158,6 +158,64 @@ def verdicts(f: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def figures_from_run(r: dict[str, Any]) -> dict[str, Any]:
+    """The same figures from a full `make bench` results dict (one cell per row, so no
+    medians): c=64 and c=1 cells, the long-stream runs, the wrong-secret phases."""
+    cells: list[dict[str, Any]] = r["cells"]
+
+    def find(row: str, mode: str, conns: int) -> dict[str, Any] | None:
+        return next(
+            (
+                c
+                for c in cells
+                if c["row"] == row and c["mode"] == mode and c["concurrency"] == conns
+            ),
+            None,
+        )
+
+    f: dict[str, Any] = {"c64": {}, "c1": {}, "round_trips": {}}
+    inside = script_commands()
+    for mode in ("sse", "json"):
+        a, b = find("antex", mode, 64), find("bare", mode, 64)
+        if a and b:
+            f["c64"][mode] = {
+                "antex_cpu_us": a["gateway_cpu_us_per_req"],
+                "bare_cpu_us": b["gateway_cpu_us_per_req"],
+                "cpu_ratio": a["gateway_cpu_us_per_req"] / b["gateway_cpu_us_per_req"],
+                "antex_rps": a["rps"],
+                "bare_rps": b["rps"],
+                "rps_share": a["rps"] / b["rps"],
+            }
+        if a and a.get("valkey_calls"):
+            f["round_trips"][mode] = round_trips(a["valkey_calls"], a["requests"], inside)
+        a1, d1 = find("antex", mode, 1), find("direct", mode, 1)
+        if a1 and d1:
+            lat = {
+                f"{name}_{p}_ms": c["latency_ms"][p]
+                for name, c in (("antex", a1), ("direct", d1))
+                for p in ("p50", "p99")
+            }
+            lat["added_p50_ms"] = lat["antex_p50_ms"] - lat["direct_p50_ms"]
+            lat["added_p99_ms"] = lat["antex_p99_ms"] - lat["direct_p99_ms"]
+            f["c1"][mode] = lat
+    streams = r.get("long_streams", [])
+    sized = [s for s in streams if s["row"] == "antex" and s.get("rss_per_stream_kb")]
+    if sized:
+        # 2,000 when measured, else the largest count with a plateau.
+        a = next((s for s in sized if s["streams"] == 2000), max(sized, key=lambda s: s["streams"]))
+        b = next((s for s in streams if s["row"] == "bare" and s["streams"] == a["streams"]), None)
+        b_kb = b.get("rss_per_stream_kb") if b else None
+        f["rss"] = {
+            "streams": a["streams"],
+            "antex_kb": a["rss_per_stream_kb"],
+            "bare_kb": b_kb,
+            "ratio": a["rss_per_stream_kb"] / b_kb if b_kb else None,
+        }
+    if r.get("wrong_secrets"):
+        f["flood"] = r["wrong_secrets"]
+    return f
+
+
 def table(rows: list[tuple[str, str, bool | None]]) -> str:
     lines = ["| target | measured | verdict |", "|---|---|---|"]
     for target, measured, ok in rows:
@@ -166,7 +224,7 @@ def table(rows: list[tuple[str, str, bool | None]]) -> str:
     return "\n".join(lines)
 
 
-def _flood(antex_url: str, valkey_url: str, seconds: float) -> dict[str, Any]:
+def flood(antex_url: str, valkey_url: str, seconds: float) -> dict[str, Any]:
     _, keys = stack.customer(valkey_url, "legit@antex.bench", keys=4)
     _, (victim,) = stack.customer(valkey_url, "victim@antex.bench")
     many = [f"127.0.9.{i}" for i in range(1, 201)]
@@ -290,7 +348,7 @@ def measure(
             "runs": measured,
         }
         log("wrong-secret flood")
-        figures["flood"] = _flood(antex.url, valkey.url, flood_seconds)
+        figures["flood"] = flood(antex.url, valkey.url, flood_seconds)
     finally:
         for service in reversed(services):
             service.stop()
