@@ -241,7 +241,12 @@ def flood(antex_url: str, valkey_url: str, seconds: float) -> dict[str, Any]:
 
 
 def measure(
-    seconds: float, rounds: int, streams: int, plateau: float, flood_seconds: float
+    seconds: float,
+    rounds: int,
+    streams: int,
+    plateau: float,
+    flood_seconds: float,
+    log_level: str = "warning",
 ) -> dict[str, Any]:
     stack.raise_nofile_limit()
     work = Path(tempfile.mkdtemp(prefix="antex-targets-"))
@@ -252,7 +257,7 @@ def measure(
     try:
         valkey, valkey_proc = stack.start_valkey(work)
         sim = stack.start_simulator(logs, burst=True)
-        antex = stack.start_antex(logs, work, valkey.url, sim.url)
+        antex = stack.start_antex(logs, work, valkey.url, sim.url, ANTEX_LOG_LEVEL=log_level)
         bare = stack.start_bare(logs, sim.url)
         services += [sim, antex, bare]
         _, keys = stack.customer(valkey.url, "bench@antex.bench", keys=1)
@@ -320,7 +325,7 @@ def measure(
             fresh = (
                 stack.start_bare(logs, sim.url)
                 if name == "bare"
-                else stack.start_antex(logs, work, valkey.url, sim.url)
+                else stack.start_antex(logs, work, valkey.url, sim.url, ANTEX_LOG_LEVEL=log_level)
             )
             services.append(fresh)
             if name == "bare":
@@ -365,12 +370,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--stream-plateau", type=float, default=6.0)
     parser.add_argument("--flood-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        help="antex's ANTEX_LOG_LEVEL (the product default, info, writes an access line per "
+        "request; make bench runs at warning)",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default results/<date>)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     figures = measure(
-        args.seconds, args.rounds, args.streams, args.stream_plateau, args.flood_seconds
+        args.seconds,
+        args.rounds,
+        args.streams,
+        args.stream_plateau,
+        args.flood_seconds,
+        args.log_level,
     )
+    figures["log_level"] = args.log_level
     figures["wall_minutes"] = (time.monotonic() - started) / 60
     text = table(verdicts(figures))
     out = args.out or stack.ROOT / "bench" / "results" / dt.date.today().isoformat()
@@ -378,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "targets.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     (out / "targets.md").write_text(
         f"# Hot-path targets ({dt.datetime.now().isoformat(timespec='minutes')}, "
-        f"{figures['wall_minutes']:.1f} min)\n\n{text}\n"
+        f"{figures['wall_minutes']:.1f} min, antex at log level {args.log_level})\n\n{text}\n"
     )
     print(text, flush=True)
     log(f"written {out / 'targets.md'}")
