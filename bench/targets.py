@@ -225,8 +225,8 @@ def table(rows: list[tuple[str, str, bool | None]]) -> str:
 
 
 def flood(antex_url: str, valkey_url: str, seconds: float) -> dict[str, Any]:
-    _, keys = stack.customer(valkey_url, "legit@antex.bench", keys=4)
-    _, (victim,) = stack.customer(valkey_url, "victim@antex.bench")
+    _, keys = stack.customer(valkey_url, "flood-legit@antex.bench", keys=4)
+    _, (victim,) = stack.customer(valkey_url, "flood-victim@antex.bench")
     many = [f"127.0.9.{i}" for i in range(1, 201)]
     asyncio.run(wrong_secrets.phase(antex_url, keys, victim, 1.5, []))  # warm the key cache
     base = asyncio.run(wrong_secrets.phase(antex_url, keys, victim, seconds, []))
