@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 BENCH := $(VENV)/.installed-bench
 
-.PHONY: run test clients lint typecheck bench loadtest image image-test clean
+.PHONY: run test clients lint typecheck bench bench-targets loadtest image image-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -70,6 +70,11 @@ typecheck: $(DEV)
 
 bench: $(BENCH)
 	$(BIN)/python -m bench.run
+
+# The hot-path targets alone (CPU and req/s vs bare, added latency, Valkey round trips, RSS
+# per stream, wrong-secret flood) with a pass/fail table: about 5 minutes.
+bench-targets: $(BENCH)
+	$(BIN)/python -m bench.targets
 
 loadtest: $(BENCH)
 	$(BIN)/python -m loadtests.run

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import valkey.asyncio as avalkey
 
-from bench.loads import BASE_HEADERS, BODIES, finish_pyload, run_wrk, start_pyload
+from bench.loads import BASE_HEADERS, BODIES, finish_pyload, run_wrk, start_pyload, wrk_binary
 from bench.pyload import percentiles
 from bench.stack import ROOT, Service
 from gateway.auth import Authenticator
@@ -146,7 +146,11 @@ def flood(
                 argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             time.sleep(0.5)
-        valid = run_wrk(url, BODIES["sse"], headers, conns, seconds)
+        valid = (
+            run_wrk(url, BODIES["sse"], headers, conns, seconds)
+            if wrk_binary() is not None
+            else finish_pyload(start_pyload(url, BODIES["sse"], headers, conns, seconds))
+        )
         flood_result = finish_pyload(flooder) if flooder is not None else None
         out.append(
             {
@@ -297,9 +301,11 @@ def profile(
     result: dict[str, Any] = {}
 
     def load() -> None:
-        result["load"] = run_wrk(
-            antex.url + "/v1/messages", BODIES["sse"], headers, conns, seconds + 3
-        )
+        url, body = antex.url + "/v1/messages", BODIES["sse"]
+        if wrk_binary() is None:  # the built-in generator, as the cells use without wrk
+            result["load"] = finish_pyload(start_pyload(url, body, headers, conns, seconds + 3))
+        else:
+            result["load"] = run_wrk(url, body, headers, conns, seconds + 3)
 
     loader = threading.Thread(target=load)
     loader.start()

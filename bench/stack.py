@@ -28,7 +28,7 @@ from gateway.plans import Plan, list_plans, set_plan
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_KEY = "sk-bench-upstream"
 # Generous enough that no window, concurrency cap or IP slot ever refuses a bench request.
-BIG_PLAN = Plan("bench", 10**9, 10**9, 64, 1_000_000, 30, "benchmark: never refuses")
+BIG_PLAN = Plan("bench", 10**9, 10**9, 64, 1_000_000, 30, "benchmark: never refuses", max_keys=1000)
 
 
 def raise_nofile_limit() -> int:
@@ -180,8 +180,7 @@ def antex_env(
         ANTEX_VALKEY_URL=valkey_url,
         ANTEX_UPSTREAM_URL=upstream_url,
         ANTEX_UPSTREAM_KEY=UPSTREAM_KEY,
-        ANTEX_LOG_LEVEL="warning",
-        **extra,
+        **{"ANTEX_LOG_LEVEL": "warning", **extra},
     )
 
 

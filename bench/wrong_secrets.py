@@ -88,7 +88,7 @@ async def phase(
     victim: str,
     seconds: float,
     addresses: list[str],
-    ours: list[psutil.Process],
+    ours: list[psutil.Process] | None = None,
 ) -> dict[str, float]:
     until = time.perf_counter() + seconds
     lat: list[float] = []
@@ -100,9 +100,10 @@ async def phase(
         else []
     )
     counts = bcrypt_counts(url)
-    busy, own = stack.machine_busy_seconds(), stack.tree_cpu(ours)
+    procs = ours or []  # the servers measured (their CPU is not "other")
+    busy, own = stack.machine_busy_seconds(), stack.tree_cpu(procs)
     await asyncio.gather(*tasks)
-    other = (stack.machine_busy_seconds() - busy) - (stack.tree_cpu(ours) - own)
+    other = (stack.machine_busy_seconds() - busy) - (stack.tree_cpu(procs) - own)
     after = bcrypt_counts(url)
     return {
         "requests": len(lat),

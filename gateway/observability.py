@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,8 @@ from gateway.edge import route_template
 from gateway.pool_metrics import PoolMetrics
 from gateway.usage import Usage
 
-access = logging.getLogger("antex.access")
+_ACCESS = "antex.access"
+access = logging.getLogger(_ACCESS)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format: every Prometheus version parses it.
@@ -349,9 +351,39 @@ class Metrics:
             mark_process_dead(os.getpid(), self.multiproc_dir)  # type: ignore[no-untyped-call]
 
 
+class _SecondCache:
+    """A formatted timestamp reused for every line of the same second: strftime and
+    datetime.isoformat cost more than the rest of an access line."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> tuple[str, int]:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, self._render(second)
+        return self._text, int((created - second) * 1000)
+
+
+def _local_second(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+
+
+def _utc_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 class _TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second = _SecondCache(_local_second)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # logging's own default shape, "2026-01-31 12:00:00,123"
+        text, ms = self._second(record.created)
+        return f"{text},{ms:03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
@@ -363,9 +395,14 @@ class _TextFormatter(logging.Formatter):
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line; access records carry their fields at the top level."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = _SecondCache(_utc_second)
+
     def format(self, record: logging.LogRecord) -> str:
+        text, ms = self._second(record.created)
         doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": f"{text}.{ms:03d}+00:00",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -399,13 +436,20 @@ def configure_logging(level: str, fmt: str) -> None:
     handler.addFilter(_no_handled_error_messages)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Neither format prints the thread or process; LogRecord looks both up for every line.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def access_log(request_id: str, account_id: str, record: dict[str, Any]) -> None:
     """The line for one billed request; ``record`` holds metadata only, never content."""
     if access.isEnabledFor(logging.INFO):
         fields = {"request_id": request_id, "account": account_id, **record}
-        access.info("access", extra={"fields": fields})
+        # makeRecord + handle is what access.info does minus the caller lookup (a walk up
+        # the stack per line); the lines name no source file or function.
+        line = access.makeRecord(
+            _ACCESS, logging.INFO, _ACCESS, 0, "access", (), None, extra={"fields": fields}
+        )
+        access.handle(line)
 
 
 ErrorObserver = Callable[[Application, Request, errors.AntexError, Response], None]

