@@ -218,25 +218,30 @@ def ip_limit(bound: int, slots: int) -> IpLimitReached:
     )
 
 
-def too_many_in_flight(in_flight: int, cap: int, wait_s: int, now_ms: int) -> RateLimited:
+def _retry_soon(message: str, scope: str, wait_s: int, now_ms: int) -> RateLimited:
+    """A refusal that clears within seconds: ``message`` ends with the wait it names."""
     return RateLimited(
-        f"Too many concurrent requests: {in_flight} in flight and the plan allows "
-        f"{cap}; retry in {wait_s} s.",
-        scope="concurrency",
+        f"{message}; retry in {wait_s} s.",
+        scope=scope,
         retry_after_s=wait_s,
         resets_at_ms=now_ms + wait_s * SECOND_MS,
     )
+
+
+def too_many_in_flight(in_flight: int, cap: int, wait_s: int, now_ms: int) -> RateLimited:
+    return _retry_soon(
+        f"Too many concurrent requests: {in_flight} in flight and the plan allows {cap}",
+        "concurrency", wait_s, now_ms,
+    )  # fmt: skip
 
 
 def window_held(window: str, wait_s: int, now_ms: int) -> RateLimited:
     """``window`` ("5h" | "7d") has capacity left, but requests in flight hold all of it."""
-    return RateLimited(
+    return _retry_soon(
         f"{WINDOW_WORDS[window]} usage limit nearly reached: requests still in flight "
-        f"hold the remaining capacity; retry in {wait_s} s.",
-        scope="in_flight",
-        retry_after_s=wait_s,
-        resets_at_ms=now_ms + wait_s * SECOND_MS,
-    )
+        "hold the remaining capacity",
+        "in_flight", wait_s, now_ms,
+    )  # fmt: skip
 
 
 def window_full(window: str, frees: Frees) -> RateLimited:
