@@ -33,7 +33,7 @@ class UsageScanner:
     events (``observe``); any chunking gives one result."""
 
     __slots__ = (
-        "_buf", "_pending", "_seam", "_skip", "bytes", "deltas", "ended", "error",
+        "_buf", "_pending", "_seam", "_skip", "bytes", "content_end", "deltas", "ended", "error",
         "forwarded", "head_bytes", "model", "start", "stop_reason", "usage",
     )  # fmt: skip
 
@@ -52,6 +52,8 @@ class UsageScanner:
         self.head_bytes = 0  # bytes before the first delta (message_start and the like)
         self.ended = False  # message_stop or error seen: the answer is complete
         self.forwarded: int | None = None  # exact content bytes, when events are observed
+        # Where the upstream's error event began: its bytes are no content of the answer.
+        self.content_end: int | None = None
 
     def feed(self, chunk: bytes) -> None:
         # The marker may straddle two chunks: search the previous chunk's last bytes too.
@@ -79,8 +81,10 @@ class UsageScanner:
             start = nl + 1
         last_nl = data.rfind(b"\n")
         if last_nl >= start:
+            at = self.bytes - len(data) + start  # the stream offset of each line
             for line in data[start:last_nl].split(b"\n"):
-                self._line(line.rstrip(b"\r"))
+                self._line(line.rstrip(b"\r"), at)
+                at += len(line) + 1
         self._remember_tail(data, max(last_nl, start - 1))
 
     def _remember_tail(self, data: bytes, last_nl: int) -> None:
@@ -101,9 +105,11 @@ class UsageScanner:
         if kind:
             self._apply(kind, data)
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes, at: int) -> None:
         if line.startswith(b"event:"):
             self._pending = _WANTED.get(line[6:].strip(), 0)
+            if self._pending == 3 and self.content_end is None:
+                self.content_end = at
             if self._pending == 4:
                 self._pending, self.ended = 0, True
         elif self._pending and line.startswith(b"data:"):
@@ -138,14 +144,16 @@ class UsageScanner:
 
     def content_bytes(self) -> int:
         """The content bytes forwarded: counted exactly from observed events, else an upper
-        bound from the bytes since the first delta, less the least framing each delta has."""
+        bound from the bytes since the first delta up to an upstream error event, less the
+        least framing each delta has."""
         if self.forwarded is not None:
             return self.forwarded
         if not self.deltas:
             return 0
         # head_bytes ends at the first delta's marker, past its 'data: {' prefix.
         framing = self.deltas * DELTA_FRAMING - len(b"data: {")
-        return max(0, self.bytes - self.head_bytes - framing)
+        end = self.bytes if self.content_end is None else self.content_end
+        return max(0, end - self.head_bytes - framing)
 
     def billed_usage(self) -> dict[str, Any]:
         """The billing rule: message_delta values, falling back to message_start's."""

@@ -229,3 +229,12 @@ def test_parsed_events_of_a_cut_stream_count_exactly_the_content_sent(
     assert observed.content_bytes() == sent <= scanned.content_bytes()
     assert not observed.ended and not observed.final
     assert observed.usage_now(None)["output_tokens"] == max(1, forwarded_tokens(sent))
+
+
+@given(cuts=st.lists(st.integers(0, 10**6)))
+def test_an_upstream_error_events_bytes_are_not_counted_as_content(cuts: list[int]) -> None:
+    cut = realistic_stream(["some text", "more"], 1).split(b"event: content_block_stop")[0]
+    error = event("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                       "message": "Overloaded " * 40}})  # fmt: skip
+    alone = scan(cut, [])
+    assert scan(cut + error, cuts).content_bytes() == alone.content_bytes()
