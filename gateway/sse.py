@@ -19,6 +19,10 @@ _MARKERS = (b"event: message_", b"event: error", b"event:message_", b"event:erro
 # One per content delta event (in its data line); counted with bytes.count, never parsed.
 _DELTA_MARK = b'"type":"content_block_delta"'
 _SEAM = len(_DELTA_MARK) - 1
+# A delta's event line, between raw newlines (content never holds one: JSON escapes it). One
+# byte longer than the seam, so an occurrence is never counted twice.
+_DELTA_LINE = b"\nevent: content_block_delta\n"
+assert len(_DELTA_LINE) == _SEAM + 1
 # The fewest bytes of framing around one delta's content: the data line's prefix, the JSON
 # envelope of a text delta at index 0 and the blank line, without the event line some
 # upstreams omit (every other delta kind and index is longer).
@@ -33,7 +37,8 @@ class UsageScanner:
     events (``observe``); any chunking gives one result."""
 
     __slots__ = (
-        "_buf", "_pending", "_seam", "_skip", "bytes", "content_end", "deltas", "ended", "error",
+        "_buf", "_pending", "_seam", "_skip", "bytes", "content_end", "delta_lines", "deltas",
+        "ended", "error",
         "forwarded", "head_bytes", "model", "start", "stop_reason", "usage",
     )  # fmt: skip
 
@@ -49,6 +54,7 @@ class UsageScanner:
         self._seam = b""  # the last bytes fed, shorter than the delta marker
         self.bytes = 0  # every byte fed
         self.deltas = 0  # content delta events seen
+        self.delta_lines = 0  # their event lines seen (some upstreams send none)
         self.head_bytes = 0  # bytes before the first delta (message_start and the like)
         self.ended = False  # message_stop or error seen: the answer is complete
         self.forwarded: int | None = None  # exact content bytes, when events are observed
@@ -63,6 +69,7 @@ class UsageScanner:
             if not self.deltas:
                 self.head_bytes = self.bytes - len(self._seam) + seam.find(_DELTA_MARK)
             self.deltas += n
+        self.delta_lines += seam.count(_DELTA_LINE)
         self._seam = seam[-_SEAM:]
         self.bytes += len(chunk)
         if not self._pending and not self._buf and not self._skip:
@@ -152,6 +159,9 @@ class UsageScanner:
             return 0
         # head_bytes ends at the first delta's marker, past its 'data: {' prefix.
         framing = self.deltas * DELTA_FRAMING - len(b"data: {")
+        # Delta event lines are framing too, but for the first delta's, which came before
+        # head_bytes (when it had none, one line too few is taken off: never too many).
+        framing += max(0, self.delta_lines - 1) * (len(_DELTA_LINE) - 1)
         end = self.bytes if self.content_end is None else self.content_end
         return max(0, end - self.head_bytes - framing)
 

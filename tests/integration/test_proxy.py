@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.sse import UsageScanner, forwarded_tokens
+from gateway.sse import forwarded_tokens
 from gateway.usage import estimate_tokens
 from tests.integration.clients import billed
 from tests.integration.conftest import UPSTREAM_KEY, Customer, Stack
@@ -268,12 +268,17 @@ def test_a_client_that_leaves_before_any_usage_is_billed_its_input_estimate(
 def test_an_upstream_error_mid_stream_is_billed_for_the_content_before_it_only(
     stack: Stack, customer: Customer, sync_valkey: Any
 ) -> None:
-    """The error event's own bytes (its message) are no answer the customer received."""
+    """Counted from the text deltas the client got: neither the error event's own bytes
+    (its message) nor the deltas' event lines are an answer the customer received, and
+    the translated routes count that text exactly."""
     headers = {"x-sim-fault": "error-mid-stream", "x-sim-output-tokens": "100"}
     resp = post(stack, customer.key, {**BODY, "max_tokens": 1000, "stream": True},
                 headers=headers)  # fmt: skip
     assert resp.status_code == 200 and b"event: error" in resp.content
-    before_error = UsageScanner()
-    before_error.feed(resp.content[: resp.content.index(b"event: error")])
+    received = sum(
+        len(orjson.loads(line[6:])["delta"]["text"].encode())
+        for line in resp.content.splitlines()
+        if line.startswith(b'data: {"type":"content_block_delta"')
+    )
     [entry] = billed(sync_valkey, customer, 1)
-    assert int(entry["output_tokens"]) == forwarded_tokens(before_error.content_bytes()) > 0
+    assert int(entry["output_tokens"]) == forwarded_tokens(received) > 0
