@@ -177,6 +177,11 @@ class Exchange:
         else:
             outcome = "ok"
         usage = Usage.from_anthropic(meter.usage_now(ticket.max_tokens))
+        if outcome in ("client_disconnected", "gateway_stopped"):
+            # Gone before message_start: the upstream took the prompt all the same, so the
+            # input is estimated as when the client leaves before the headers or the
+            # gateway is killed (an upstream failure is billed only what it reported).
+            usage = ticket.input_or_estimate(usage)
         p.finish(ticket, usage, 200, outcome, meter.stop_reason)
 
     def _client_left(self, ticket: Ticket, resp: UpstreamResponse | None) -> Response:

@@ -99,14 +99,15 @@ class Ticket:
         """What this request is billed should the process die now: the usage so far of its
         stream, else its input estimate; recorded as ``gateway_killed``. Cheap enough to
         call at every checkpoint."""
-        usage = self.progress() if self.progress is not None else None
-        if usage is None or not usage.total_input_tokens:
-            # Before message_start's usage arrives, the input is the body's estimate.
-            input_tokens = estimate_tokens(self.body_len)
-            usage = Usage(input_tokens=input_tokens) if usage is None else replace(
-                usage, input_tokens=input_tokens
-            )
-        return self.settlement(usage, 200, "gateway_killed")[1]
+        usage = self.progress() if self.progress is not None else Usage()
+        return self.settlement(self.input_or_estimate(usage), 200, "gateway_killed")[1]
+
+    def input_or_estimate(self, usage: Usage) -> Usage:
+        """``usage``, with the body's input estimate while the upstream has reported no
+        input yet (before message_start's usage arrives)."""
+        if usage.total_input_tokens:
+            return usage
+        return replace(usage, input_tokens=estimate_tokens(self.body_len))
 
 
 class Pipeline:

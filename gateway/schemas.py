@@ -228,7 +228,7 @@ def field_path(where: str) -> str:
 
 def check(body: bytes, schema: type[T]) -> T:
     """Decodes ``body`` as ``schema``; raises InvalidRequest naming the failing field path
-    (``param``), or saying the body is not JSON."""
+    (``param``), or saying the body is not JSON or is nested too deeply."""
     try:
         return msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as exc:
@@ -243,3 +243,7 @@ def check(body: bytes, schema: type[T]) -> T:
         raise InvalidRequest(f"{path}: {reason}", param=path) from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON.") from None
+    except RecursionError:
+        # msgspec gives up near Python's recursion limit (~1,000 levels), even in fields
+        # it only skips: such a body is refused, not a crash.
+        raise InvalidRequest("Request body is nested too deeply.") from None

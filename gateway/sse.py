@@ -19,6 +19,10 @@ _MARKERS = (b"event: message_", b"event: error", b"event:message_", b"event:erro
 # One per content delta event (in its data line); counted with bytes.count, never parsed.
 _DELTA_MARK = b'"type":"content_block_delta"'
 _SEAM = len(_DELTA_MARK) - 1
+# A delta's event line, between raw newlines (content never holds one: JSON escapes it). One
+# byte longer than the seam, so an occurrence is never counted twice.
+_DELTA_LINE = b"\nevent: content_block_delta\n"
+assert len(_DELTA_LINE) == _SEAM + 1
 # The fewest bytes of framing around one delta's content: the data line's prefix, the JSON
 # envelope of a text delta at index 0 and the blank line, without the event line some
 # upstreams omit (every other delta kind and index is longer).
@@ -33,7 +37,8 @@ class UsageScanner:
     events (``observe``); any chunking gives one result."""
 
     __slots__ = (
-        "_buf", "_pending", "_seam", "_skip", "bytes", "deltas", "ended", "error",
+        "_buf", "_pending", "_seam", "_skip", "bytes", "content_end", "delta_lines", "deltas",
+        "ended", "error",
         "forwarded", "head_bytes", "model", "start", "stop_reason", "usage",
     )  # fmt: skip
 
@@ -49,9 +54,12 @@ class UsageScanner:
         self._seam = b""  # the last bytes fed, shorter than the delta marker
         self.bytes = 0  # every byte fed
         self.deltas = 0  # content delta events seen
+        self.delta_lines = 0  # their event lines seen (some upstreams send none)
         self.head_bytes = 0  # bytes before the first delta (message_start and the like)
         self.ended = False  # message_stop or error seen: the answer is complete
         self.forwarded: int | None = None  # exact content bytes, when events are observed
+        # Where the upstream's error event began: its bytes are no content of the answer.
+        self.content_end: int | None = None
 
     def feed(self, chunk: bytes) -> None:
         # The marker may straddle two chunks: search the previous chunk's last bytes too.
@@ -61,6 +69,7 @@ class UsageScanner:
             if not self.deltas:
                 self.head_bytes = self.bytes - len(self._seam) + seam.find(_DELTA_MARK)
             self.deltas += n
+        self.delta_lines += seam.count(_DELTA_LINE)
         self._seam = seam[-_SEAM:]
         self.bytes += len(chunk)
         if not self._pending and not self._buf and not self._skip:
@@ -79,8 +88,10 @@ class UsageScanner:
             start = nl + 1
         last_nl = data.rfind(b"\n")
         if last_nl >= start:
+            at = self.bytes - len(data) + start  # the stream offset of each line
             for line in data[start:last_nl].split(b"\n"):
-                self._line(line.rstrip(b"\r"))
+                self._line(line.rstrip(b"\r"), at)
+                at += len(line) + 1
         self._remember_tail(data, max(last_nl, start - 1))
 
     def _remember_tail(self, data: bytes, last_nl: int) -> None:
@@ -101,9 +112,11 @@ class UsageScanner:
         if kind:
             self._apply(kind, data)
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes, at: int) -> None:
         if line.startswith(b"event:"):
             self._pending = _WANTED.get(line[6:].strip(), 0)
+            if self._pending == 3 and self.content_end is None:
+                self.content_end = at
             if self._pending == 4:
                 self._pending, self.ended = 0, True
         elif self._pending and line.startswith(b"data:"):
@@ -138,14 +151,19 @@ class UsageScanner:
 
     def content_bytes(self) -> int:
         """The content bytes forwarded: counted exactly from observed events, else an upper
-        bound from the bytes since the first delta, less the least framing each delta has."""
+        bound from the bytes since the first delta up to an upstream error event, less the
+        least framing each delta has."""
         if self.forwarded is not None:
             return self.forwarded
         if not self.deltas:
             return 0
         # head_bytes ends at the first delta's marker, past its 'data: {' prefix.
         framing = self.deltas * DELTA_FRAMING - len(b"data: {")
-        return max(0, self.bytes - self.head_bytes - framing)
+        # Delta event lines are framing too, but for the first delta's, which came before
+        # head_bytes (when it had none, one line too few is taken off: never too many).
+        framing += max(0, self.delta_lines - 1) * (len(_DELTA_LINE) - 1)
+        end = self.bytes if self.content_end is None else self.content_end
+        return max(0, end - self.head_bytes - framing)
 
     def billed_usage(self) -> dict[str, Any]:
         """The billing rule: message_delta values, falling back to message_start's."""

@@ -261,3 +261,25 @@ def test_known_bad_inputs_are_400s_naming_the_field(
     assert error["type"] == "invalid_request_error" and error["message"].startswith(field)
     if shape == "openai":
         assert error["param"] == field
+
+
+# A thousand levels: deeper than the decoder's recursion limit, shallower than orjson's.
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("where", ["unknown_field", "message"])
+def test_deeply_nested_bodies_are_400s_in_the_routes_shape(
+    route: str, where: str, client: httpx.Client, fuzz_customer: Customer
+) -> None:
+    path, base, shape = ROUTES[route]
+    headers = {"x-api-key": fuzz_customer.key, "content-type": "application/json"}
+    if where == "unknown_field":
+        body = json.dumps({**base, "zz": "DEEP"})
+    else:
+        key = "input" if route == "responses" else "messages"
+        body = json.dumps({**base, key: ["DEEP"]})
+    answer = client.post(path, content=body.replace('"DEEP"', DEEP).encode(), headers=headers)
+    assert answer.status_code == 400, answer.text
+    check_shape(answer, shape, body[:300])
+    assert answer.json()["error"]["type"] == "invalid_request_error"

@@ -10,6 +10,9 @@ import httpx
 import orjson
 import pytest
 
+from gateway.sse import forwarded_tokens
+from gateway.usage import estimate_tokens
+from tests.integration.clients import billed
 from tests.integration.conftest import UPSTREAM_KEY, Customer, Stack
 
 BODY = {
@@ -238,3 +241,44 @@ def test_upstream_unreachable_is_a_clean_502(
         assert error_of(resp) == (502, "api_error")
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_before_any_usage_is_billed_its_input_estimate(
+    stack: Stack, customer: Customer, sync_valkey: Any, stream: bool
+) -> None:
+    """Streamed (the upstream's headers came, its message_start not yet) or not: the same
+    input estimate as a gateway killed at that point, never zero."""
+    body = orjson.dumps({**BODY, "stream": stream})
+    headers = {"x-sim-ttft-ms": "10000", "x-api-key": customer.key}
+    if stream:
+        with httpx.stream(
+            "POST", f"{stack.url}/v1/messages", headers=headers, content=body, timeout=30
+        ) as resp:
+            assert resp.status_code == 200
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{stack.url}/v1/messages", headers=headers, content=body, timeout=1)
+    [entry] = billed(sync_valkey, customer, 1)
+    assert entry["disconnected"] == "1"
+    assert int(entry["input_tokens"]) == estimate_tokens(len(body)) > 0
+    assert int(entry["credits_mc"]) > 0
+
+
+def test_an_upstream_error_mid_stream_is_billed_for_the_content_before_it_only(
+    stack: Stack, customer: Customer, sync_valkey: Any
+) -> None:
+    """Counted from the text deltas the client got: neither the error event's own bytes
+    (its message) nor the deltas' event lines are an answer the customer received, and
+    the translated routes count that text exactly."""
+    headers = {"x-sim-fault": "error-mid-stream", "x-sim-output-tokens": "100"}
+    resp = post(stack, customer.key, {**BODY, "max_tokens": 1000, "stream": True},
+                headers=headers)  # fmt: skip
+    assert resp.status_code == 200 and b"event: error" in resp.content
+    received = sum(
+        len(orjson.loads(line[6:])["delta"]["text"].encode())
+        for line in resp.content.splitlines()
+        if line.startswith(b'data: {"type":"content_block_delta"')
+    )
+    [entry] = billed(sync_valkey, customer, 1)
+    assert int(entry["output_tokens"]) == forwarded_tokens(received) > 0

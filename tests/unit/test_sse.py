@@ -229,3 +229,22 @@ def test_parsed_events_of_a_cut_stream_count_exactly_the_content_sent(
     assert observed.content_bytes() == sent <= scanned.content_bytes()
     assert not observed.ended and not observed.final
     assert observed.usage_now(None)["output_tokens"] == max(1, forwarded_tokens(sent))
+
+
+@given(cuts=st.lists(st.integers(0, 10**6)))
+def test_an_upstream_error_events_bytes_are_not_counted_as_content(cuts: list[int]) -> None:
+    cut = realistic_stream(["some text", "more"], 1).split(b"event: content_block_stop")[0]
+    error = event("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                       "message": "Overloaded " * 40}})  # fmt: skip
+    alone = scan(cut, [])
+    assert scan(cut + error, cuts).content_bytes() == alone.content_bytes()
+
+
+@given(cuts=st.lists(st.integers(0, 10**6)), keep=st.integers(1, 6))
+def test_delta_event_lines_are_framing_not_content(cuts: list[int], keep: int) -> None:
+    """Plain text deltas are counted to the byte; a delta's text that spells an event line
+    is still counted in full (JSON escapes its newlines)."""
+    pieces = ["plain words here", "\nevent: content_block_delta\n", "more words"] * 2
+    cut = realistic_stream(pieces[:keep], 1).split(b"event: content_block_stop")[0]
+    sent = sum(len(orjson.dumps(p)) - 2 for p in pieces[:keep])  # as escaped on the wire
+    assert scan(cut, cuts).content_bytes() == sent
