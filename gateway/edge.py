@@ -210,10 +210,8 @@ def asgi_guard(app: ASGIApp, body_read_timeout: float) -> ASGIApp:
         deadline = asyncio.get_running_loop().time() + body_read_timeout
         complete = False
 
-        async def receive_in_time() -> dict[str, Any]:
+        async def timed() -> dict[str, Any]:
             nonlocal complete
-            if complete:
-                return cast(dict[str, Any], await receive())
             try:
                 async with asyncio.timeout_at(deadline):
                     message = cast(dict[str, Any], await receive())
@@ -224,6 +222,11 @@ def asgi_guard(app: ASGIApp, body_read_timeout: float) -> ASGIApp:
             if message.get("type") != "http.request" or not message.get("more_body"):
                 complete = True
             return message
+
+        def receive_in_time() -> Awaitable[dict[str, Any]]:
+            # Once the body is in, the server's own awaitable goes out as is (granian's is a
+            # future: the disconnect watch hangs a callback on it instead of a task).
+            return cast(Awaitable[dict[str, Any]], receive()) if complete else timed()
 
         return await app(scope, receive_in_time, send)
 
