@@ -136,12 +136,19 @@ def verdicts(f: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     rss = f.get("rss")
     if rss:
         ok = rss.get("ratio")
+        # Streams refused while they opened (a 503 when the store could not admit them).
+        refused = ", ".join(
+            f"{name} {n:,}" for name, n in rss.get("refused", {}).items() if n is not None
+        )
         out.append(
             (
                 f"RSS per open stream ≤ {RSS_RATIO_MAX:g}× bare ({rss['streams']:,} streams)",
-                f"antex {rss['antex_kb']:.1f} KB vs bare {rss['bare_kb']:.1f} KB = {ok:.2f}×"
-                if ok is not None
-                else f"no plateau ({rss.get('note', '')})",
+                (
+                    f"antex {rss['antex_kb']:.1f} KB vs bare {rss['bare_kb']:.1f} KB = {ok:.2f}×"
+                    if ok is not None
+                    else f"no plateau ({rss.get('note', '')})"
+                )
+                + (f"; not 200: {refused}" if refused else ""),
                 ok <= RSS_RATIO_MAX if ok is not None else None,
             )
         )
@@ -210,10 +217,17 @@ def figures_from_run(r: dict[str, Any]) -> dict[str, Any]:
             "antex_kb": a["rss_per_stream_kb"],
             "bare_kb": b_kb,
             "ratio": a["rss_per_stream_kb"] / b_kb if b_kb else None,
+            "refused": {"antex": not_ok(a), "bare": not_ok(b) if b else None},
         }
     if r.get("wrong_secrets"):
         f["flood"] = r["wrong_secrets"]
     return f
+
+
+def not_ok(run: dict[str, Any]) -> int | None:
+    """How many of a long-streams run's streams were answered other than 200."""
+    status = run.get("status")
+    return None if status is None else sum(n for code, n in status.items() if code != "200")
 
 
 def table(rows: list[tuple[str, str, bool | None]]) -> str:
@@ -348,6 +362,7 @@ def measure(
             "streams": streams,
             "antex_kb": a_kb,
             "bare_kb": b_kb,
+            "refused": {name: not_ok(run) for name, run in measured.items()},
             "ratio": a_kb / b_kb if a_kb and b_kb else None,
             "note": measured["antex"].get("note") or measured["bare"].get("note"),
             "runs": measured,

@@ -26,7 +26,7 @@ from gateway.pipeline import Pipeline
 from gateway.pool_state import PoolView
 from gateway.pool_sync import PoolSync
 from gateway.settlement import Settler
-from gateway.store import Scripts, is_cluster, open_client
+from gateway.store import Scripts, is_cluster, open_client, open_connections
 from gateway.upstream import Upstream
 
 log = logging.getLogger("antex.resources")
@@ -35,6 +35,10 @@ log = logging.getLogger("antex.resources")
 SETTLE_DRAIN_S = 10
 # How long before granian's kill open streams are ended (and their charges spooled).
 STREAM_CUT_MARGIN_S = 1.5
+# Valkey connections per worker: opened at start-up (a burst of new clients then finds them
+# ready) and at most (a burst beyond waits for one to come back instead of connecting more).
+VALKEY_CONNECTIONS_OPEN = 64
+VALKEY_CONNECTIONS_MAX = 512
 
 class Resources:
     """Everything one worker opens at start-up and closes at shutdown."""
@@ -42,10 +46,13 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Sub-second socket timeouts and no retries: a hung Valkey turns into a 503 within
-        # a second instead of stalling every request for valkey-py's default 5 s.
+        # a second instead of stalling every request for valkey-py's default 5 s. A command
+        # waits at most half its own deadline for a pooled connection, so wait + command
+        # stays within that second even when a hang has every connection busy.
         self.valkey = open_client(
             settings.valkey_url or "",
-            max_connections=512,
+            pool_wait=settings.valkey_timeout / 2,
+            max_connections=VALKEY_CONNECTIONS_MAX,
             health_check_interval=30,
             socket_timeout=settings.valkey_timeout,
             socket_connect_timeout=settings.valkey_connect_timeout,
@@ -149,6 +156,7 @@ class Resources:
             self.alerts.valkey_error("startup")
         else:
             self.ready = True
+            await open_connections(self.valkey, VALKEY_CONNECTIONS_OPEN)
         await self.upstream.start()
         loop = asyncio.get_running_loop()
         # Cluster pub/sub is per shard; the admit script checks key status on every request

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import valkey.asyncio as avalkey
 import valkey.exceptions as vexc
-from valkey.asyncio import Valkey
+from valkey.asyncio import BlockingConnectionPool, Valkey
 from valkey.asyncio.cluster import ValkeyCluster
 from valkey.asyncio.sentinel import Sentinel
 
@@ -82,9 +82,13 @@ def is_cluster(url: str) -> bool:
     return url.startswith(("valkey+cluster://", "valkeys+cluster://"))
 
 
-def open_client(url: str, **options: Any) -> Any:
+def open_client(url: str, *, pool_wait: float | None = None, **options: Any) -> Any:
     """The client for ``url``; command-level options pass on. Replies are always decoded to
     ``str`` (one decode mode: every value the gateway stores is UTF-8 text).
+
+    ``pool_wait`` (seconds) makes a one-server client's pool blocking: when all of its
+    ``max_connections`` are busy, a command waits up to that long for one to come back, then
+    raises ConnectionError (an outage: 503). Sentinel and Cluster keep their own pools.
     Raises ConfigError for an empty URL or a Sentinel URL without hosts or service."""
     options["decode_responses"] = True
     if is_cluster(url):
@@ -110,7 +114,30 @@ def open_client(url: str, **options: Any) -> Any:
         return sentinel.master_for(service, **options)
     if not url:
         raise ConfigError("ANTEX_VALKEY_URL is empty")
+    if pool_wait is not None:
+        pool = BlockingConnectionPool.from_url(url, timeout=pool_wait, **options)
+        return avalkey.Valkey.from_pool(pool)
     return avalkey.Valkey.from_url(url, **options)
+
+
+async def open_connections(client: Client, count: int) -> int:
+    """Connects up to ``count`` pooled connections now, so a burst of requests right after
+    start-up finds them open rather than connecting on a loop already saturated by the
+    burst (where the connect deadline passes). Returns how many opened; failures are left
+    to the first commands to report."""
+    if isinstance(client, ValkeyCluster):
+        return 0
+    pool = client.connection_pool
+    got = await asyncio.gather(
+        *(pool.get_connection("PING") for _ in range(count)), return_exceptions=True
+    )
+    opened = 0
+    for conn in got:
+        if isinstance(conn, BaseException):
+            continue
+        opened += 1
+        await pool.release(conn)
+    return opened
 
 
 @dataclass(frozen=True, slots=True)

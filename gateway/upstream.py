@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import aiohttp
 
@@ -314,36 +314,60 @@ class Departure:
     """Watches one client from admission to the end of its answer. Granian raises nothing
     when a client vanishes; its ASGI receive() says so. ``guard`` runs an upstream step
     and cancels it (closing its connection) the moment the client leaves; once a stream is
-    open, ``follow`` closes its upstream response instead."""
+    open, ``follow`` closes its upstream response instead.
 
-    def __init__(self, receive: Callable[[], Any]) -> None:
+    The watch is a done-callback on the server's pending receive() future, not a task: a
+    request pays one future and one callback, and nothing runs until the client leaves."""
+
+    __slots__ = ("_receive", "_resp", "_state", "_step", "_waiter", "gone", "on_stop")
+
+    def __init__(self, receive: Callable[[], Awaitable[Any]]) -> None:
         self.gone = False
+        self._receive = receive
         self._resp: aiohttp.ClientResponse | None = None
         self._state: UpstreamStream | None = None
+        self._step: asyncio.Future[Any] | None = None  # the guarded upstream step
+        self._waiter: asyncio.Future[Any] | None = None
         self.on_stop: Callable[[Departure], None] = lambda departure: None
-        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._listen()
 
-    async def _watch(self, receive: Callable[[], Any]) -> None:
-        while True:
-            message = await receive()
-            if message.get("type") == "http.disconnect":
-                self.gone = True
-                if self._state is not None:
-                    self._state.client_gone = True
-                if self._resp is not None:
-                    self._resp.close()  # the upstream stops generating
-                return
+    def _listen(self) -> None:
+        waiter = self._receive()
+        # Granian's receive() is already a future; any other server's awaitable gets a task.
+        future = waiter if hasattr(waiter, "add_done_callback") else asyncio.ensure_future(waiter)
+        self._waiter = cast("asyncio.Future[Any]", future)
+        self._waiter.add_done_callback(self._heard)
+
+    def _heard(self, waiter: asyncio.Future[Any]) -> None:
+        if waiter is not self._waiter or waiter.cancelled():
+            return  # stopped
+        if waiter.exception() is None and waiter.result().get("type") != "http.disconnect":
+            self._listen()
+            return
+        # A disconnect, or a receive channel that broke: either way nobody reads the answer.
+        self._waiter = None
+        self.gone = True
+        if self._step is not None:
+            self._step.cancel()
+        if self._state is not None:
+            self._state.client_gone = True
+        if self._resp is not None:
+            self._resp.close()  # the upstream stops generating
 
     async def guard(self, step: Awaitable[T]) -> T:
         """``step``'s result; raises ClientGone (having cancelled it) if the client left."""
         task = asyncio.ensure_future(step)
-        if not self.gone:
-            await asyncio.wait((task, self._task), return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientGone
+        if self.gone:
+            task.cancel()
+        self._step = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self.gone and task.cancelled():
+                raise ClientGone from None
+            raise
+        finally:
+            self._step = None
 
     @property
     def following(self) -> bool:
@@ -363,7 +387,10 @@ class Departure:
             self._resp.close()
 
     def stop(self) -> None:
-        self._task.cancel()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.remove_done_callback(self._heard)
+            waiter.cancel()
         self.on_stop(self)
 
 
@@ -430,21 +457,28 @@ class UpstreamStream:
         return self.lost is not None and not self.stopping
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The client's writes: one per upstream chunk, as it arrives."""
+        """The client's writes: one per upstream chunk, as it arrives, never empty (an
+        empty write would end the client's chunked body: a translated event may shape to
+        nothing). The one generator between the upstream socket and the server."""
         shaper, meter = self._shaper, self.meter
         splitter = EventSplitter() if shaper.events else None
         no_events: list[Event] = []
         first = True
         try:
-            yield shaper.opening()
+            if opening := shaper.opening():
+                yield opening
             try:
-                async for chunk in self._resp.content.iter_any():
+                # readany() itself, not iter_any(): one async layer less per chunk; both end
+                # on the empty read at EOF.
+                read = self._resp.content.readany
+                while chunk := await read():
                     if first:
                         first = False
                         self._on_first_byte()
                     if splitter is None:
                         meter.feed(chunk)
-                        yield shaper.piece(chunk, no_events)
+                        if piece := shaper.piece(chunk, no_events):
+                            yield piece
                         continue
                     parsed: list[Event] = []
                     for name, raw in splitter.feed(chunk):
@@ -452,14 +486,15 @@ class UpstreamStream:
                         if data is not None:
                             meter.observe(name, data)
                             parsed.append((name, data))
-                    yield shaper.piece(chunk, parsed)
+                    if piece := shaper.piece(chunk, parsed):
+                        yield piece
                 if splitter is not None and not meter.ended and not self.client_gone:
                     # The parsed events show an answer that ended without its end event.
                     self.lost = UpstreamFailed("Upstream connection lost")
             except TRANSPORT_ERRORS as exc:
                 self.lost = self._mapped(exc)
-            if self.lost is not None:
-                yield shaper.closing(self.lost)
+            if self.lost is not None and (closing := shaper.closing(self.lost)):
+                yield closing
         finally:
             self.end()
 
